@@ -1,0 +1,48 @@
+# p2pnode developer commands. `make test` and `make demo` work on a fresh Linux machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+JS_DIR := tests/interop/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+
+.PHONY: venv js-peer lint typecheck test test-fast demo bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,fast]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+$(JS_STAMP): $(JS_DIR)/package.json
+	cd $(JS_DIR) && npm install --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+js-peer: $(JS_STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check p2pnode tests bench
+	$(VENV)/bin/ruff format --check p2pnode
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: venv js-peer lint typecheck
+	P2PNODE_REQUIRE_INTEROP=1 $(VENV)/bin/pytest -q
+
+test-fast: venv
+	$(VENV)/bin/pytest -q -x -m "not interop and not netns"
+
+demo: venv
+	$(PY) -m p2pnode.demo
+
+bench: venv js-peer
+	$(PY) -m bench.run
+
+bench-quick: venv js-peer
+	$(PY) -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) $(JS_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache

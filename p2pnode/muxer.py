@@ -1,0 +1,127 @@
+"""What every sans-I/O stream multiplexer (yamux, mplex) offers the connection layer.
+
+A muxer session takes the decrypted bytes of a connection and returns events;
+calls that act on streams queue bytes which :meth:`MuxerSession.data_to_send`
+hands back. It never touches a socket, a clock or a task. Stream keys are
+opaque integers, unique within one session for the session's lifetime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(slots=True, frozen=True)
+class StreamOpened:
+    """The peer opened a new stream."""
+
+    stream_id: int
+
+
+@dataclass(slots=True, frozen=True)
+class StreamData:
+    """Payload arrived on a stream. Report it with ``consumed`` once the application reads it."""
+
+    stream_id: int
+    data: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class StreamEnded:
+    """The peer half-closed the stream: it will send no more data."""
+
+    stream_id: int
+
+
+@dataclass(slots=True, frozen=True)
+class StreamReset:
+    """The stream was reset, by the peer or by the session itself (e.g. buffer overflow)."""
+
+    stream_id: int
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class SendWindowOpened:
+    """The peer granted more send credit on a stream (yamux flow control)."""
+
+    stream_id: int
+
+
+@dataclass(slots=True, frozen=True)
+class PongReceived:
+    """The answer to one of our pings (``opaque`` is the value ``ping()`` returned)."""
+
+    opaque: int
+
+
+@dataclass(slots=True, frozen=True)
+class GoAwayReceived:
+    """The peer will accept no new streams. ``code`` 0 is a normal shutdown."""
+
+    code: int
+
+
+MuxerEvent = (
+    StreamOpened
+    | StreamData
+    | StreamEnded
+    | StreamReset
+    | SendWindowOpened
+    | PongReceived
+    | GoAwayReceived
+)
+
+
+class MuxerSession(Protocol):
+    """The interface of yamux and mplex sessions. See the module docstring."""
+
+    protocol_id: str
+
+    def receive_data(self, data: Buffer) -> list[MuxerEvent]:
+        """Feed received bytes; return the events they produce.
+
+        Raises :class:`~p2pnode.errors.RemoteProtocolError` when the peer broke
+        the protocol; the session has then queued whatever goodbye the protocol
+        has (e.g. yamux GoAway) and the connection should be closed.
+        """
+        ...
+
+    def open_stream(self) -> int:
+        """Open an outbound stream and return its key."""
+        ...
+
+    def send(self, stream_id: int, data: Buffer) -> int:
+        """Queue up to ``len(data)`` bytes; return how many the send window allowed."""
+        ...
+
+    def send_window(self, stream_id: int) -> int:
+        """How many bytes ``send`` would accept now on this stream."""
+        ...
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        """The application has read ``size`` bytes of the stream's received data."""
+        ...
+
+    def close_stream(self, stream_id: int) -> None:
+        """Half-close: we will send no more on this stream."""
+        ...
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Abort the stream in both directions."""
+        ...
+
+    def ping(self) -> int | None:
+        """Queue a ping; return its opaque value, or None if the muxer has no ping."""
+        ...
+
+    def go_away(self, code: int = 0) -> None:
+        """Tell the peer we accept no new streams (and open none)."""
+        ...
+
+    def data_to_send(self) -> bytes:
+        """Return and forget all bytes queued for the peer."""
+        ...
