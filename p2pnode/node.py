@@ -1,0 +1,384 @@
+"""The Node: listeners, connections, protocol handlers and the built-in protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import identify, ping
+from .connection import Connection
+from .errors import (
+    DialError,
+    LocalProtocolError,
+    P2PError,
+    P2PTimeoutError,
+    PeerIdMismatchError,
+)
+from .identity import Identity, PeerId
+from .multiaddr import Multiaddr
+from .multistream import MultistreamListener
+from .stream import Stream
+from .transport import Listener, TransportConfig, dial, listen
+
+if TYPE_CHECKING:
+    from .task_client import TaskResult
+
+log = logging.getLogger(__name__)
+
+__version__ = "0.1.0"
+AGENT_VERSION = f"p2pnode/{__version__}"
+
+StreamHandler = Callable[[Stream], Awaitable[None]]
+PeerLike = PeerId | Multiaddr | str
+
+
+@dataclass(slots=True, frozen=True)
+class ConnectionEvent:
+    """A connection opened or closed, or an inbound handshake failed."""
+
+    kind: str  # "connected" | "disconnected" | "handshake_failed"
+    peer_id: PeerId | None
+    addr: Multiaddr
+    direction: str  # "inbound" | "outbound"
+    muxer: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    """Tunables of a node; the defaults suit most uses."""
+
+    muxers: Sequence[str] = ("yamux", "mplex")
+    handshake_timeout: float = 10.0
+    negotiation_timeout: float = 10.0
+    keepalive_interval: float | None = 30.0
+    agent_version: str = AGENT_VERSION
+
+
+class Node:
+    """A p2pnode peer: listens, dials, and serves protocols over secure multiplexed connections.
+
+    Create one with :meth:`Node.start` and end it with :meth:`stop`.
+    """
+
+    def __init__(self, identity: Identity, config: NodeConfig | None = None) -> None:
+        from .transport import MUXERS
+
+        self.identity = identity
+        self.config = config or NodeConfig()
+        unknown = [m for m in self.config.muxers if m not in MUXERS]
+        if unknown or not self.config.muxers:
+            raise LocalProtocolError(f"unknown muxer {unknown}; choose from {sorted(MUXERS)}")
+        self._transport_config = TransportConfig(
+            identity=identity,
+            muxers=tuple(MUXERS[m] for m in self.config.muxers),
+            handshake_timeout=self.config.handshake_timeout,
+            keepalive_interval=self.config.keepalive_interval,
+        )
+        self._handlers: dict[str, StreamHandler] = {}
+        self._listeners: list[Listener] = []
+        self._connections: dict[PeerId, list[Connection]] = {}
+        self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
+        self._event_callbacks: list[Callable[[ConnectionEvent], None]] = []
+        self.address_book: dict[PeerId, list[Multiaddr]] = {}
+        self._stopped = False
+        self.set_handler(ping.PROTOCOL_ID, ping.handle_ping)
+        self.set_handler(identify.PROTOCOL_ID, self._handle_identify)
+
+    @classmethod
+    async def start(
+        cls,
+        identity: Identity | None = None,
+        listen_addrs: Sequence[Multiaddr | str] = (),
+        config: NodeConfig | None = None,
+    ) -> Node:
+        """Create a node and start listening on ``listen_addrs`` (none: dial only)."""
+        node = cls(identity or Identity.generate(), config)
+        try:
+            for addr in listen_addrs:
+                await node.listen(addr)
+        except BaseException:
+            await node.stop()
+            raise
+        return node
+
+    # -- properties ----------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        """This node's PeerId."""
+        return self.identity.peer_id
+
+    @property
+    def listen_addrs(self) -> list[Multiaddr]:
+        """Bound listen addresses, without the /p2p suffix."""
+        return [addr for listener in self._listeners for addr in listener.addrs]
+
+    @property
+    def protocols(self) -> list[str]:
+        """Protocol ids this node has handlers for."""
+        return sorted(self._handlers)
+
+    def connections(self, peer: PeerId | None = None) -> list[Connection]:
+        """Open connections, to ``peer`` or to everyone."""
+        if peer is not None:
+            return list(self._connections.get(peer, ()))
+        return [c for conns in self._connections.values() for c in conns]
+
+    def on_event(self, callback: Callable[[ConnectionEvent], None]) -> None:
+        """Call ``callback`` for each connection event."""
+        self._event_callbacks.append(callback)
+
+    # -- handlers ------------------------------------------------------------------
+
+    def set_handler(self, protocol_id: str, handler: StreamHandler) -> None:
+        """Serve ``protocol_id``: each inbound stream that selects it runs ``handler(stream)``."""
+        self._handlers[protocol_id] = handler
+
+    def remove_handler(self, protocol_id: str) -> None:
+        """Stop serving ``protocol_id``."""
+        self._handlers.pop(protocol_id, None)
+
+    async def _handle_inbound_stream(self, stream: Stream) -> None:
+        try:
+            selector = MultistreamListener(self._handlers.__contains__)
+            taken = 0
+            async with asyncio.timeout(self.config.negotiation_timeout):
+                while not selector.done:
+                    chunk = await stream._read_raw()
+                    if not chunk:
+                        await stream.close()
+                        return
+                    taken += len(chunk)
+                    reply = selector.receive_data(chunk)
+                    if reply:
+                        await stream.write(reply)
+            assert selector.selected is not None
+            stream.protocol = selector.selected
+            stream._return_unused(taken, selector.leftover())
+            handler = self._handlers.get(selector.selected)
+            if handler is None:  # removed meanwhile
+                stream.reset()
+                return
+            await handler(stream)
+        except asyncio.CancelledError:
+            stream.reset()
+            raise
+        except TimeoutError:
+            log.info("%r: protocol negotiation timed out", stream)
+            stream.reset()
+        except P2PError as exc:
+            log.info("%r ended with an error: %s", stream, exc)
+            stream.reset()
+        except Exception:
+            log.exception("handler for %s failed", stream.protocol)
+            stream.reset()
+        else:
+            await stream.close()
+
+    # -- listening and dialing -----------------------------------------------------
+
+    async def listen(self, addr: Multiaddr | str) -> list[Multiaddr]:
+        """Listen on a TCP multiaddr; return the bound addresses."""
+        if isinstance(addr, str):
+            addr = Multiaddr.from_string(addr)
+        listener = await listen(
+            addr,
+            self._transport_config,
+            self._adopt_inbound,
+            self._handle_inbound_stream,
+            self._inbound_handshake_failed,
+        )
+        self._listeners.append(listener)
+        return listener.addrs
+
+    def _adopt_inbound(self, conn: Connection) -> None:
+        if self._stopped:
+            conn._abort(P2PTimeoutError("node is stopping"))
+            return
+        self._register(conn)
+
+    def _inbound_handshake_failed(self, exc: Exception, addr: Multiaddr) -> None:
+        log.info("inbound handshake from %s failed: %s", addr, exc)
+        self._emit(ConnectionEvent("handshake_failed", None, addr, "inbound", error=str(exc)))
+
+    def _register(self, conn: Connection) -> None:
+        self._connections.setdefault(conn.remote_peer, []).append(conn)
+        conn.on_close(self._unregister)
+        direction = "outbound" if conn.is_initiator else "inbound"
+        self._emit(
+            ConnectionEvent(
+                "connected", conn.remote_peer, conn.remote_addr, direction, conn.muxer_protocol
+            )
+        )
+
+    def _unregister(self, conn: Connection) -> None:
+        conns = self._connections.get(conn.remote_peer, [])
+        if conn in conns:
+            conns.remove(conn)
+        if not conns:
+            self._connections.pop(conn.remote_peer, None)
+        direction = "outbound" if conn.is_initiator else "inbound"
+        self._emit(
+            ConnectionEvent(
+                "disconnected", conn.remote_peer, conn.remote_addr, direction, conn.muxer_protocol
+            )
+        )
+
+    def _emit(self, event: ConnectionEvent) -> None:
+        for callback in self._event_callbacks:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("connection event callback failed")
+
+    def _usable_connection(self, peer: PeerId) -> Connection | None:
+        for conn in self._connections.get(peer, ()):
+            if conn.is_usable:
+                return conn
+        return None
+
+    async def dial(self, addr: Multiaddr | str) -> Connection:
+        """Connect to ``addr``, reusing an open connection when it names a connected peer."""
+        if self._stopped:
+            raise LocalProtocolError("the node is stopped")
+        if isinstance(addr, str):
+            addr = Multiaddr.from_string(addr)
+        peer = addr.peer_id
+        if peer is not None:
+            if peer == self.peer_id:
+                raise DialError(f"{addr} is this node itself")
+            existing = self._usable_connection(peer)
+            if existing is not None:
+                return existing
+            pending = self._dialing.get(peer)
+            if pending is not None:
+                return await asyncio.shield(pending)
+        future: asyncio.Future[Connection] | None = None
+        if peer is not None:
+            future = asyncio.get_running_loop().create_future()
+            self._dialing[peer] = future
+        try:
+            conn = await dial(addr, self._transport_config, self._handle_inbound_stream)
+        except BaseException as exc:
+            if future is not None:
+                future.set_exception(exc)
+                future.exception()
+            raise
+        finally:
+            if peer is not None:
+                self._dialing.pop(peer, None)
+        if self._stopped:
+            await conn.close()
+            raise LocalProtocolError("the node was stopped while dialing")
+        self._register(conn)
+        self.address_book.setdefault(conn.remote_peer, [])
+        if addr.without_peer_id() not in self.address_book[conn.remote_peer]:
+            self.address_book[conn.remote_peer].append(addr.without_peer_id())
+        if future is not None:
+            future.set_result(conn)
+        return conn
+
+    async def connect(self, peer: PeerLike) -> Connection:
+        """A usable connection to ``peer``: an open one, or a new dial to a known address."""
+        if isinstance(peer, str):
+            peer = Multiaddr.from_string(peer) if peer.startswith("/") else PeerId.from_string(peer)
+        if isinstance(peer, Multiaddr):
+            return await self.dial(peer)
+        existing = self._usable_connection(peer)
+        if existing is not None:
+            return existing
+        addrs = self.address_book.get(peer)
+        if not addrs:
+            raise DialError(
+                f"no known address for {peer}: give a full multiaddr ending in /p2p/{peer}"
+            )
+        errors: list[str] = []
+        for addr in list(addrs):
+            try:
+                return await self.dial(addr.with_peer_id(peer))
+            except PeerIdMismatchError:
+                raise
+            except P2PError as exc:
+                errors.append(f"{addr}: {exc}")
+        raise DialError(f"could not reach {peer}: " + "; ".join(errors))
+
+    async def new_stream(
+        self, peer: PeerLike, protocols: Sequence[str], *, optimistic: bool = False
+    ) -> Stream:
+        """Open a stream to ``peer`` speaking the first of ``protocols`` it supports."""
+        conn = await self.connect(peer)
+        return await conn.new_stream(list(protocols), optimistic=optimistic)
+
+    # -- built-in protocols ----------------------------------------------------------
+
+    async def ping(self, peer: PeerLike, count: int = 1) -> list[float]:
+        """Ping ``peer`` with the libp2p ping protocol; RTTs in seconds."""
+        stream = await self.new_stream(peer, [ping.PROTOCOL_ID])
+        try:
+            return await ping.ping_rtts(stream, count)
+        except BaseException:
+            stream.reset()
+            raise
+
+    async def identify(self, peer: PeerLike) -> identify.IdentifyInfo:
+        """Ask ``peer`` to describe itself (identify protocol)."""
+        stream = await self.new_stream(peer, [identify.PROTOCOL_ID])
+        try:
+            info = await identify.receive_identify(stream)
+        except BaseException:
+            stream.reset()
+            raise
+        usable = [a for a in info.listen_addrs if a.value_for("tcp") is not None]
+        if usable:
+            self.address_book[stream.remote_peer] = [a.without_peer_id() for a in usable][:16]
+        return info
+
+    async def send_task(
+        self,
+        peer: PeerLike,
+        input: str,
+        *,
+        kind: str = "default",
+        timeout: float | None = None,
+    ) -> TaskResult:
+        """Send one task (``/p2pnode/task/1.0.0``) and return its result; TaskError on failure."""
+        from .task_client import send_task
+
+        return await send_task(self, peer, input, kind=kind, timeout=timeout)
+
+    def identify_info(self, observed: Multiaddr | None) -> identify.IdentifyInfo:
+        """How this node describes itself to a peer that sees it at ``observed``."""
+        return identify.IdentifyInfo(
+            public_key=self.identity.public_key,
+            listen_addrs=self.listen_addrs,
+            observed_addr=observed,
+            protocols=self.protocols,
+            protocol_version=identify.PROTOCOL_VERSION,
+            agent_version=self.config.agent_version,
+        )
+
+    async def _handle_identify(self, stream: Stream) -> None:
+        await identify.send_identify(stream, self.identify_info(stream.connection.remote_addr))
+
+    # -- shutting down -------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop listening, send GoAway on every connection, close them and end all handlers."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for listener in self._listeners:
+            await listener.close()
+        self._listeners.clear()
+        conns = self.connections()
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

@@ -1,0 +1,42 @@
+"""The libp2p ping protocol: the dialer sends 32 random bytes, the listener echoes them."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .errors import DecodeError, RemoteProtocolError
+from .stream import Stream
+
+PROTOCOL_ID = "/ipfs/ping/1.0.0"
+PING_SIZE = 32
+
+
+async def handle_ping(stream: Stream) -> None:
+    """Echo every 32-byte ping until the peer closes the stream."""
+    while True:
+        payload = await stream.read(PING_SIZE)
+        if not payload:
+            break
+        if len(payload) < PING_SIZE:
+            payload += await stream.readexactly(PING_SIZE - len(payload))
+        await stream.write(payload)
+    await stream.close()
+
+
+async def ping_rtts(stream: Stream, count: int) -> list[float]:
+    """Send ``count`` pings on an open ping stream; return each round-trip time in seconds."""
+    rtts: list[float] = []
+    for _ in range(count):
+        payload = os.urandom(PING_SIZE)
+        started = time.perf_counter()
+        await stream.write(payload)
+        try:
+            answer = await stream.readexactly(PING_SIZE)
+        except DecodeError as exc:
+            raise RemoteProtocolError(f"peer stopped answering pings: {exc}") from exc
+        rtts.append(time.perf_counter() - started)
+        if answer != payload:
+            raise RemoteProtocolError("ping answer does not match what was sent")
+    await stream.close()
+    return rtts

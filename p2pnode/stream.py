@@ -1,0 +1,247 @@
+"""The asyncio face of one multiplexed stream, the same for yamux and mplex."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .errors import (
+    ConnectionClosedError,
+    DecodeError,
+    StreamClosedError,
+    StreamResetError,
+)
+from .muxer import Buffer
+from .multistream import MultistreamDialer
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .identity import PeerId
+
+
+class Stream:
+    """A bidirectional byte stream to one peer, with half-close and reset.
+
+    Reads return data as it arrives (``b""`` at end of stream); writes wait for
+    flow-control credit and for the socket to drain.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_eof",
+        "_error",
+        "_negotiation",
+        "_read_waiter",
+        "_readable",
+        "_write_closed",
+        "_write_waiter",
+        "protocol",
+        "stream_id",
+    )
+
+    def __init__(self, conn: Connection, stream_id: int) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self.protocol: str | None = None
+        self._chunks: deque[bytes] = deque()
+        self._readable = 0
+        self._eof = False
+        self._error: Exception | None = None
+        self._write_closed = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+        # Set while an optimistic multistream answer is still due (see Connection.new_stream).
+        self._negotiation: MultistreamDialer | None = None
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.stream_id} {self.protocol or '?'} to {self._conn.remote_peer}>"
+
+    @property
+    def connection(self) -> Connection:
+        """The connection this stream runs on."""
+        return self._conn
+
+    @property
+    def remote_peer(self) -> PeerId:
+        """The authenticated PeerId at the other end."""
+        return self._conn.remote_peer
+
+    @property
+    def at_eof(self) -> bool:
+        """True once the peer half-closed and every byte has been read."""
+        return self._eof and not self._chunks
+
+    # -- reading -----------------------------------------------------------
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        """Return up to ``max_bytes`` (all buffered if -1) once some arrive; ``b""`` at EOF."""
+        if self._negotiation is not None:
+            await self._finish_negotiation()
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            await self._wait_readable()
+        chunk = self._chunks.popleft()
+        if 0 <= max_bytes < len(chunk):
+            self._chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        elif max_bytes < 0 and self._chunks:
+            self._chunks.appendleft(chunk)
+            chunk = b"".join(self._chunks)
+            self._chunks.clear()
+        self._readable -= len(chunk)
+        self._conn._consumed(self.stream_id, len(chunk))
+        return chunk
+
+    async def readexactly(self, size: int) -> bytes:
+        """Read exactly ``size`` bytes; DecodeError if the stream ends first."""
+        parts: list[bytes] = []
+        missing = size
+        while missing:
+            chunk = await self.read(missing)
+            if not chunk:
+                raise DecodeError(
+                    f"stream ended after {size - missing} of {size} expected bytes"
+                )
+            parts.append(chunk)
+            missing -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_until_eof(self, limit: int) -> bytes:
+        """Read everything until the peer half-closes; DecodeError past ``limit`` bytes."""
+        parts: list[bytes] = []
+        total = 0
+        while chunk := await self.read():
+            total += len(chunk)
+            if total > limit:
+                raise DecodeError(f"peer sent more than {limit} bytes on {self.protocol}")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _read_raw(self) -> bytes:
+        """Take the next buffered chunk without flow-control accounting; b"" at EOF.
+
+        Used during multistream negotiation; finish with :meth:`_return_unused`.
+        """
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            await self._wait_readable()
+        chunk = self._chunks.popleft()
+        self._readable -= len(chunk)
+        return chunk
+
+    def _return_unused(self, taken: int, leftover: bytes) -> None:
+        """Account for ``taken`` raw bytes of which ``leftover`` belongs to the application."""
+        if leftover:
+            self._chunks.appendleft(leftover)
+            self._readable += len(leftover)
+        self._conn._consumed(self.stream_id, taken - len(leftover))
+
+    async def _wait_readable(self) -> None:
+        waiter = self._conn._loop.create_future()
+        self._read_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._read_waiter = None
+
+    async def _finish_negotiation(self) -> None:
+        dialer = self._negotiation
+        assert dialer is not None
+        self._negotiation = None
+        taken = 0
+        while not dialer.done:
+            chunk = await self._read_raw()
+            if not chunk:
+                raise DecodeError("stream closed during protocol negotiation")
+            taken += len(chunk)
+            if dialer.receive_data(chunk):
+                raise DecodeError("peer refused the optimistically selected protocol")
+        self.protocol = dialer.selected
+        self._return_unused(taken, dialer.leftover())
+
+    # -- called by the connection -----------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._readable += len(data)
+        self._wake_reader()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._wake_reader()
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        self._write_closed = True
+        self._wake_reader()
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- writing -----------------------------------------------------------
+
+    async def write(self, data: Buffer) -> None:
+        """Send ``data``, waiting for flow-control credit and socket buffer space."""
+        conn = self._conn
+        view = memoryview(data).cast("B")
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._write_closed:
+                raise StreamClosedError(f"cannot write to {self!r}: it is closed for writing")
+            sent = conn._send(self.stream_id, view)
+            view = view[sent:]
+            if not view:
+                break
+            waiter = conn._loop.create_future()
+            self._write_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._write_waiter = None
+        if conn._write_paused:
+            await conn._drained()
+
+    async def close_write(self) -> None:
+        """Half-close: tell the peer we will send nothing more. Reading still works."""
+        if self._write_closed or self._error is not None:
+            return
+        self._write_closed = True
+        self._conn._close_stream(self.stream_id)
+
+    async def close(self) -> None:
+        """Close our side and stop reading; the stream is forgotten once the peer closes too."""
+        await self.close_write()
+        self._chunks.clear()
+
+    def reset(self) -> None:
+        """Abort the stream in both directions."""
+        if self._error is None:
+            self._conn._reset_stream(self.stream_id)
+            self._fail(StreamResetError(f"{self!r} was reset locally"))
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is not None and not isinstance(exc, StreamResetError | ConnectionClosedError):
+            self.reset()
+        else:
+            await self.close()
