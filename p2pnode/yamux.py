@@ -16,6 +16,8 @@ Choices where the spec is silent (aligned with rust-yamux, js-libp2p and go-yamu
   been in flight. A non-SYN frame for a stream id that was never opened (ids are
   allocated in increasing order) is a protocol error, except a bare RST.
 * Data after the peer's FIN resets only that stream.
+* Ping and GoAway are session-level whatever their stream id; a Ping SYN is
+  answered at once, a Ping ACK becomes :class:`~p2pnode.muxer.PongReceived`.
 * Session-level violations (bad version or type, receive window exceeded, SYN
   with our id parity or for a live stream, Data/WindowUpdate on stream 0, a Data
   length above anything we could accept) queue GoAway(protocol error) and raise
@@ -214,77 +216,119 @@ class YamuxSession:
         """
         if self._error is not None:
             raise RemoteProtocolError(self._error)
+        if type(data) is not bytes:
+            data = bytes(data)  # payloads are then sliced from immutable bytes
         events: list[MuxerEvent] = []
-        rbuf = self._rbuf
-        if rbuf:
-            rbuf += data
-            source: Buffer = rbuf
-        else:
-            source = data  # parse the caller's bytes directly; keep only the tail
-        mv = memoryview(source)
-        if mv.itemsize != 1:
-            mv = mv.cast("B")
-        try:
-            end = self._parse(mv, events)
-            if source is not rbuf and end < len(mv):
-                self._rbuf = bytearray(mv[end:])
-        finally:
-            mv.release()
-        if source is rbuf:
-            del rbuf[:end]
+        offset = 0
+        if self._rbuf:
+            offset = self._complete_pending(data, events)
+            if self._rbuf:
+                return events
+        end = self._parse(data, offset, events)
+        if end < len(data):
+            # Only the tail of an incomplete frame is kept; whole frames never are.
+            self._rbuf = bytearray(memoryview(data)[end:])
         return events
 
-    def _parse(self, mv: memoryview, events: list[MuxerEvent]) -> int:
-        """Handle every complete frame in ``mv``; return the offset after the last."""
-        size = len(mv)
-        offset = 0
+    def _parse(self, buf: bytes, offset: int, events: list[MuxerEvent]) -> int:
+        """Handle every complete frame in ``buf[offset:]``; return the offset after the last."""
+        size = len(buf)
         streams = self._streams
         unpack = _unpack_header
         max_data = self._target_window
-        while size - offset >= HEADER_SIZE:
-            version, frame_type, flags, stream_id, length = unpack(mv, offset)
-            if version:
-                self._protocol_error(f"unsupported yamux version {version}", DecodeError)
-            if frame_type == _DATA:
-                if length > max_data:
-                    self._protocol_error(
-                        f"Data frame of {length} bytes exceeds any window we grant ({max_data})",
-                        DecodeError,
-                    )
-                start = offset + HEADER_SIZE
-                end = start + length
-                if end > size:
-                    break
-                stream = streams.get(stream_id)
-                if (
-                    stream is not None
-                    and not flags
-                    and length <= stream.recv_window
-                    and not stream.remote_closed
-                ):
-                    # Fast path: plain Data on an open stream.
-                    stream.recv_window -= length
-                    if length:
-                        stream.unconsumed += length
-                        events.append(StreamData(stream_id, bytes(mv[start:end])))
-                else:
-                    self._on_stream_frame(_DATA, flags, stream_id, length, mv, start, events)
-                offset = end
+        data_event = StreamData
+        # 12 is HEADER_SIZE, spelled out: a literal is cheaper than a global lookup here.
+        while size - offset >= 12:
+            version, frame_type, flags, stream_id, length = unpack(buf, offset)
+            if frame_type or version:
+                self._on_frame(version, frame_type, flags, stream_id, length, b"", events)
+                offset += 12
                 continue
-            offset += HEADER_SIZE
-            if frame_type == _WINDOW_UPDATE:
-                self._on_stream_frame(_WINDOW_UPDATE, flags, stream_id, length, mv, 0, events)
-            elif frame_type == _PING:
-                if flags & _SYN:
-                    self._out.append(_pack_header(0, _PING, _ACK, 0, length))
-                elif flags & _ACK:
-                    events.append(PongReceived(length))
-            elif frame_type == _GO_AWAY:
-                self._remote_goaway = length
-                events.append(GoAwayReceived(length))
+            if length > max_data:
+                self._data_too_long(length)
+            start = offset + 12
+            end = start + length
+            if end > size:
+                break
+            stream = streams.get(stream_id)
+            if (
+                stream is not None
+                and not flags
+                and length <= stream.recv_window
+                and not stream.remote_closed
+            ):
+                # Fast path: plain Data on an open stream.
+                stream.recv_window -= length
+                if length:
+                    stream.unconsumed += length
+                    events.append(data_event(stream_id, buf[start:end]))
             else:
-                self._protocol_error(f"unknown yamux frame type {frame_type}", DecodeError)
+                self._on_stream_frame(_DATA, flags, stream_id, length, buf[start:end], events)
+            offset = end
         return offset
+
+    def _complete_pending(self, data: bytes, events: list[MuxerEvent]) -> int:
+        """Move into the buffer only what completes its partial frame, and handle that frame.
+
+        Returns how many bytes of ``data`` were used; the buffer is empty afterwards
+        unless ``data`` ran out first.
+        """
+        rbuf = self._rbuf
+        used = 0
+        if len(rbuf) < 12:
+            used = min(12 - len(rbuf), len(data))
+            rbuf += data[:used]
+            if len(rbuf) < 12:
+                return used
+        header: tuple[int, int, int, int, int] = _unpack_header(rbuf)
+        version, frame_type, flags, stream_id, length = header
+        if frame_type == _DATA and not version:
+            if length > self._target_window:
+                self._data_too_long(length)
+            take = min(12 + length - len(rbuf), len(data) - used)
+            rbuf += memoryview(data)[used : used + take]
+            used += take
+            if len(rbuf) < 12 + length:
+                return used
+            with memoryview(rbuf) as view:
+                payload = view[12:].tobytes()
+        else:
+            payload = b""
+        self._rbuf = bytearray()
+        self._on_frame(version, frame_type, flags, stream_id, length, payload, events)
+        return used
+
+    def _data_too_long(self, length: int) -> None:
+        self._protocol_error(
+            f"Data frame of {length} bytes exceeds any window we grant ({self._target_window})",
+            DecodeError,
+        )
+
+    def _on_frame(
+        self,
+        version: int,
+        frame_type: int,
+        flags: int,
+        stream_id: int,
+        length: int,
+        payload: bytes,
+        events: list[MuxerEvent],
+    ) -> None:
+        """Handle any complete frame (the slow path)."""
+        if version:
+            self._protocol_error(f"unsupported yamux version {version}", DecodeError)
+        if frame_type <= _WINDOW_UPDATE:
+            self._on_stream_frame(frame_type, flags, stream_id, length, payload, events)
+        elif frame_type == _PING:
+            if flags & _SYN:
+                self._out.append(_pack_header(0, _PING, _ACK, 0, length))
+            elif flags & _ACK:
+                events.append(PongReceived(length))
+        elif frame_type == _GO_AWAY:
+            self._remote_goaway = length
+            events.append(GoAwayReceived(length))
+        else:
+            self._protocol_error(f"unknown yamux frame type {frame_type}", DecodeError)
 
     def _on_stream_frame(
         self,
@@ -292,8 +336,7 @@ class YamuxSession:
         flags: int,
         stream_id: int,
         length: int,
-        mv: memoryview,
-        start: int,
+        payload: bytes,
         events: list[MuxerEvent],
     ) -> None:
         """Handle a Data or WindowUpdate frame that is not a plain in-window Data frame."""
@@ -337,7 +380,7 @@ class YamuxSession:
             elif length:
                 stream.recv_window -= length
                 stream.unconsumed += length
-                events.append(StreamData(stream_id, bytes(mv[start : start + length])))
+                events.append(StreamData(stream_id, payload))
         elif length:
             stream.send_window += length
             if not stream.local_closed:

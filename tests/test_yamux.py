@@ -373,6 +373,8 @@ def test_max_inbound_streams_resets_the_excess() -> None:
     assert server_events == [StreamOpened(ids[0]), StreamOpened(ids[1])]
     assert client_events == [StreamReset(ids[2], "reset by peer")]
     assert server.stream_count == 2
+    # Data the client sent before it saw the RST is dropped quietly.
+    assert server.receive_data(h("00 00 0000 00000005 00000001 61")) == []
     # Freeing a slot lets the next stream in.
     client.reset_stream(ids[0])
     exchange(client, server)
@@ -475,6 +477,21 @@ def test_receive_window_violation_on_syn_data() -> None:
 def test_oversized_length_fails_from_the_header_alone() -> None:
     server = YamuxSession(is_client=False)
     assert_protocol_error(server, h("00 00 0001 00000001 ffffffff"), DecodeError)
+
+
+def test_oversized_length_fails_from_a_split_header() -> None:
+    server = YamuxSession(is_client=False)
+    assert server.receive_data(h("00 00 0001 0000")) == []
+    assert_protocol_error(server, h("0001 ffffffff") + bytes(100), DecodeError)
+
+
+def test_unknown_version_in_a_split_header() -> None:
+    client, server, stream_id = open_pair()
+    client.send(stream_id, b"abc")
+    wire = client.data_to_send() + h("01 00 0000 00000001 00000000")
+    assert server.receive_data(wire[:20]) == [StreamData(stream_id, b"abc")]
+    with pytest.raises(DecodeError, match="version"):
+        server.receive_data(wire[20:])
 
 
 def test_unknown_version() -> None:
