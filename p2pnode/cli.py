@@ -193,12 +193,39 @@ def _format_event(event: ConnectionEvent) -> tuple[str, dict[str, Any]]:
 @identity_option
 @click.option("--ephemeral", is_flag=True, help="Use a fresh identity; write no key file.")
 @muxer_option
-@click.option("--exec", "exec_specs", multiple=True, help='Task handler command: "CMD ARGS" or KIND="CMD ARGS" (repeatable).')
-@click.option("--handler", "python_specs", multiple=True, help="Task handler callable: module:function or KIND=module:function.")
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Tasks run at once; beyond it new tasks get 'busy'.")
-@click.option("--allow", "allow", multiple=True, help="Only accept tasks from this PeerId (repeatable).")
-@click.option("--allow-file", type=click.Path(exists=True, dir_okay=False), help="File of allowed PeerIds, one per line.")
-@click.option("--grace", type=float, default=10.0, show_default=True, help="Seconds running tasks get to finish on shutdown.")
+@click.option(
+    "--exec",
+    "exec_specs",
+    multiple=True,
+    help='Task handler command: "CMD ARGS" or KIND="CMD ARGS" (repeatable).',
+)
+@click.option(
+    "--handler",
+    "python_specs",
+    multiple=True,
+    help="Task handler callable: module:function or KIND=module:function.",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks run at once; beyond it new tasks get 'busy'.",
+)
+@click.option(
+    "--allow", "allow", multiple=True, help="Only accept tasks from this PeerId (repeatable)."
+)
+@click.option(
+    "--allow-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File of allowed PeerIds, one per line.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds running tasks get to finish on shutdown.",
+)
 @click.option("--no-mdns", is_flag=True, help="Do not advertise or discover peers with mDNS.")
 @json_option
 def serve(
@@ -241,7 +268,9 @@ def serve(
 @click.argument("addr")
 @click.option("--count", "-c", type=click.IntRange(min=1), default=5, show_default=True)
 @muxer_option
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole run.")
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole run."
+)
 @json_option
 def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: bool) -> None:
     """Ping a peer at a multiaddr (ending in /p2p/<id> to check its identity)."""
@@ -297,12 +326,13 @@ def summarize(values_ms: list[float]) -> dict[str, float]:
     }
 
 
-
 @main.command("send-task")
 @click.argument("peer")
 @click.argument("task_input", metavar="INPUT")
 @click.option("--kind", default="default", show_default=True, help="Which handler on the peer.")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the task.")
+@click.option(
+    "--timeout", type=float, default=30.0, show_default=True, help="Seconds for the task."
+)
 @identity_option
 @click.option("--ephemeral", is_flag=True, help="Use a fresh identity instead of the key file.")
 @muxer_option
@@ -354,3 +384,7 @@ def peers_command(timeout: float, identify: bool, as_json: bool) -> None:
 
     out = Output(as_json)
     run_async(lambda: list_peers(out, timeout=timeout, identify=identify), out)
+
+
+if __name__ == "__main__":
+    main()

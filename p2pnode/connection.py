@@ -9,6 +9,7 @@ send is flushed once per loop iteration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -175,10 +176,8 @@ class Connection(asyncio.Protocol):
     async def close(self, code: int = 0) -> None:
         """Send GoAway, close the socket, reset open streams and end stream handlers."""
         if self._close_reason is None:
-            try:
+            with contextlib.suppress(P2PError):
                 self._muxer.go_away(code)
-            except P2PError:
-                pass
             self._flush()
             self._shutdown(ConnectionClosedError(f"{self!r} was closed locally"))
             self._transport.close()

@@ -16,8 +16,8 @@ from .node import Node, NodeConfig
 from .task_client import send_task
 
 if TYPE_CHECKING:
-    from .connection import Connection
     from .cli import Output
+    from .connection import Connection
 
 
 def _ms(seconds: float) -> float:

@@ -76,7 +76,9 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         out.emit(event.kind, human, **fields)
 
     node.on_event(print_connection_event)
-    server_kwargs = {} if options.max_concurrent is None else {"max_concurrent": options.max_concurrent}
+    server_kwargs = (
+        {} if options.max_concurrent is None else {"max_concurrent": options.max_concurrent}
+    )
     server = TaskServer(
         node,
         handlers,

@@ -12,8 +12,8 @@ from .errors import (
     StreamClosedError,
     StreamResetError,
 )
-from .muxer import Buffer
 from .multistream import MultistreamDialer
+from .muxer import Buffer
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -104,9 +104,7 @@ class Stream:
         while missing:
             chunk = await self.read(missing)
             if not chunk:
-                raise DecodeError(
-                    f"stream ended after {size - missing} of {size} expected bytes"
-                )
+                raise DecodeError(f"stream ended after {size - missing} of {size} expected bytes")
             parts.append(chunk)
             missing -= len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)

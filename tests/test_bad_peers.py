@@ -11,8 +11,8 @@ import pytest
 from p2pnode.errors import HandshakeError, P2PError
 from p2pnode.identity import Identity
 from p2pnode.multistream import MultistreamDialer, encode_message
-from p2pnode.noise import NoiseHandshake
 from p2pnode.node import ConnectionEvent, Node, NodeConfig
+from p2pnode.noise import NoiseHandshake
 from p2pnode.transport import TransportConfig, _HandshakeProtocol, _negotiate_security_dialer
 from p2pnode.yamux import PROTOCOL_ID as YAMUX_ID
 
@@ -99,7 +99,9 @@ class ForgingIdentity(Identity):
 
 async def test_bad_handshake_signature(watched_server: tuple[Node, list]) -> None:
     node, events = watched_server
-    forger = ForgingIdentity.from_private_key_protobuf(Identity.generate().to_private_key_protobuf())
+    forger = ForgingIdentity.from_private_key_protobuf(
+        Identity.generate().to_private_key_protobuf()
+    )
     client = Node(forger)
     try:
         with pytest.raises(HandshakeError):
@@ -107,7 +109,9 @@ async def test_bad_handshake_signature(watched_server: tuple[Node, list]) -> Non
     finally:
         await client.stop()
     await assert_still_serves(node)
-    assert any("signature" in (e.error or "").lower() for e in events if e.kind == "handshake_failed")
+    assert any(
+        "signature" in (e.error or "").lower() for e in events if e.kind == "handshake_failed"
+    )
 
 
 async def test_silent_peer_is_dropped_after_the_handshake_timeout(
@@ -179,7 +183,9 @@ async def test_yamux_window_violation_closes_only_that_connection(
     node.set_handler("/test/never-reads", never_reads)
     raw, secure = await secure_raw_connection(node)
     proposal = encode_message("/multistream/1.0.0") + encode_message("/test/never-reads")
-    raw.write(secure.encrypt(yamux_frame(1, 1, 1, 0) + yamux_frame(0, 0, 1, len(proposal), proposal)))  # type: ignore[attr-defined]
+    raw.write(
+        secure.encrypt(yamux_frame(1, 1, 1, 0) + yamux_frame(0, 0, 1, len(proposal), proposal))
+    )  # type: ignore[attr-defined]
     await asyncio.wait_for(held.wait(), 5)
     block = b"\0" * (1 << 20)
     granted = 16 * 1024 * 1024  # what YamuxConfig grants a stream at most

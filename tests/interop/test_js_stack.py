@@ -112,7 +112,9 @@ async def test_p2pnode_pings_and_identifies_js(js_listener: tuple[JsListener, st
         await client.stop()
 
 
-async def test_p2pnode_runs_32_concurrent_streams_to_js(js_listener: tuple[JsListener, str]) -> None:
+async def test_p2pnode_runs_32_concurrent_streams_to_js(
+    js_listener: tuple[JsListener, str],
+) -> None:
     js, muxer = js_listener
     client = await start_p2pnode(muxer)
     try:
@@ -131,7 +133,9 @@ async def test_p2pnode_runs_32_concurrent_streams_to_js(js_listener: tuple[JsLis
         await client.stop()
 
 
-async def test_p2pnode_sends_and_receives_32_mib_with_js(js_listener: tuple[JsListener, str]) -> None:
+async def test_p2pnode_sends_and_receives_32_mib_with_js(
+    js_listener: tuple[JsListener, str],
+) -> None:
     js, muxer = js_listener
     client = await start_p2pnode(muxer)
     peer = PeerId.from_string(js.peer_id)
@@ -183,7 +187,5 @@ async def test_js_runs_32_concurrent_streams_to_p2pnode(py_listener: tuple[Node,
 @pytest.mark.parametrize("action", ["bulk-send", "bulk-recv"])
 async def test_js_transfers_32_mib_with_p2pnode(py_listener: tuple[Node, str], action: str) -> None:
     node, muxer = py_listener
-    result = await js_dial(
-        full_addr(node), action, "--size", str(SIZE_32MIB), "--muxer", muxer
-    )
+    result = await js_dial(full_addr(node), action, "--size", str(SIZE_32MIB), "--muxer", muxer)
     assert result["ok"] is True and result["bytes"] == SIZE_32MIB

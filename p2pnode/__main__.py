@@ -1,0 +1,5 @@
+"""python -m p2pnode: the command line."""
+
+from .cli import main
+
+main()
