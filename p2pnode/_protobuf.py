@@ -29,12 +29,13 @@ def encode_bytes_field(field: int, value: bytes | str) -> bytes:
     return encode_uvarint(field << 3 | LENGTH_DELIMITED) + encode_uvarint(len(raw)) + raw
 
 
-def iter_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+def iter_fields(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, int | bytes]]:
     """Yield ``(field_number, wire_type, value)``; raise DecodeError on malformed input.
 
     Varint values are ints, length-delimited values are bytes; fixed-width values
     are returned as raw bytes so callers can ignore them.
     """
+    data = bytes(data)
     pos = 0
     end = len(data)
     while pos < end:

@@ -1,0 +1,252 @@
+"""libp2p Noise (specs: ``noise/README.md``), sans-I/O.
+
+The handshake is ``Noise_XX_25519_ChaChaPoly_SHA256`` (via ``noiseprotocol``), every
+message framed by a 2-byte big-endian length. Messages 2 and 3 carry a protobuf
+``NoiseHandshakePayload``: the sender's libp2p identity key and its signature over
+``"noise-libp2p-static-key:" + its Noise static key``, which binds the encrypted
+channel to the PeerId. After the handshake, transport messages are encrypted with
+ChaCha20-Poly1305 from ``cryptography`` directly (the fast path).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from noise.connection import Keypair, NoiseConnection
+
+from ._protobuf import LENGTH_DELIMITED, encode_bytes_field, iter_fields
+from .errors import DecodeError, HandshakeError, IdentityError, PeerIdMismatchError
+from .identity import Identity, PeerId, PublicKey
+
+PROTOCOL_ID = "/noise"
+NOISE_PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+SIGNATURE_PREFIX = b"noise-libp2p-static-key:"
+MAX_MESSAGE = 65535
+TAG_SIZE = 16
+MAX_PLAINTEXT = MAX_MESSAGE - TAG_SIZE
+
+_LENGTH = struct.Struct(">H")
+_NONCE = struct.Struct("<4xQ")  # 32 zero bits, then the 64-bit counter, little-endian
+_MAX_NONCE = 2**64 - 1
+
+Buffer = bytes | bytearray | memoryview
+
+
+def encode_payload(identity_key: bytes, signature: bytes) -> bytes:
+    """A ``NoiseHandshakePayload`` with our identity key and signature (no extensions)."""
+    return encode_bytes_field(1, identity_key) + encode_bytes_field(2, signature)
+
+
+def decode_payload(data: bytes) -> tuple[bytes, bytes]:
+    """``(identity_key, identity_sig)`` of a ``NoiseHandshakePayload``; extensions are ignored."""
+    key = sig = b""
+    try:
+        for number, wire_type, value in iter_fields(data):
+            if wire_type == LENGTH_DELIMITED and isinstance(value, bytes):
+                if number == 1:
+                    key = value
+                elif number == 2:
+                    sig = value
+    except DecodeError as exc:
+        raise HandshakeError(f"malformed Noise handshake payload: {exc}") from None
+    if not key or not sig:
+        raise HandshakeError("Noise handshake payload lacks the identity key or its signature")
+    return key, sig
+
+
+class NoiseHandshake:
+    """One side of the XX handshake; becomes ``complete`` once the peer is authenticated."""
+
+    def __init__(
+        self, identity: Identity, *, initiator: bool, expected_peer: PeerId | None = None
+    ) -> None:
+        static = X25519PrivateKey.generate()
+        static_public = static.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self._payload = encode_payload(
+            identity.public_key.to_protobuf(), identity.sign(SIGNATURE_PREFIX + static_public)
+        )
+        self._noise = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
+        if initiator:
+            self._noise.set_as_initiator()
+        else:
+            self._noise.set_as_responder()
+        self._noise.set_keypair_from_private_bytes(
+            Keypair.STATIC,
+            static.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            ),
+        )
+        self._noise.start_handshake()
+        self._initiator = initiator
+        self._expected_peer = expected_peer
+        self._buffer = bytearray()
+        self._messages_read = 0
+        self._complete = False
+        self._remote_key: PublicKey | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True once the handshake finished and the peer's identity was verified."""
+        return self._complete
+
+    @property
+    def remote_public_key(self) -> PublicKey:
+        if self._remote_key is None:
+            raise HandshakeError("the peer has not been authenticated yet")
+        return self._remote_key
+
+    @property
+    def remote_peer(self) -> PeerId:
+        """The PeerId the peer proved in the handshake."""
+        return self.remote_public_key.peer_id()
+
+    def start(self) -> bytes:
+        """First bytes to send: message 1 for the initiator, nothing for the responder."""
+        if not self._initiator:
+            return b""
+        return self._frame(self._noise.write_message(b""))
+
+    def receive_data(self, data: Buffer) -> bytes:
+        """Feed received bytes; return handshake bytes to send (possibly b"")."""
+        self._buffer += data
+        out = b""
+        while not self._complete and len(self._buffer) >= 2:
+            (size,) = _LENGTH.unpack_from(self._buffer)
+            if len(self._buffer) < 2 + size:
+                break
+            message = bytes(self._buffer[2 : 2 + size])
+            del self._buffer[: 2 + size]
+            out += self._handle_message(message)
+        return out
+
+    def _handle_message(self, message: bytes) -> bytes:
+        state = self._noise.noise_protocol.handshake_state
+        try:
+            payload = self._noise.read_message(message)
+        except Exception as exc:  # noiseprotocol raises assorted exception types
+            raise HandshakeError(f"Noise handshake message {self._messages_read + 1} "
+                                 f"is invalid: {exc or type(exc).__name__}") from None  # fmt: skip
+        self._messages_read += 1
+        if self._initiator:  # message 2: the responder's identity; answer with message 3
+            self._authenticate(payload, state.rs.public_bytes)
+            reply = self._frame(self._noise.write_message(self._payload))
+            self._complete = True
+            return reply
+        if self._messages_read == 1:  # message 1: only an ephemeral key
+            return self._frame(self._noise.write_message(self._payload))
+        self._authenticate(payload, state.rs.public_bytes)  # message 3
+        self._complete = True
+        return b""
+
+    def _authenticate(self, payload: bytes, remote_static: bytes) -> None:
+        key_bytes, signature = decode_payload(payload)
+        try:
+            key = PublicKey.from_protobuf(key_bytes)
+        except IdentityError as exc:
+            raise HandshakeError(f"peer sent an unusable identity key: {exc}") from None
+        if not key.verify(SIGNATURE_PREFIX + remote_static, signature):
+            raise HandshakeError(
+                "the peer's handshake signature is invalid: it does not prove that "
+                "its identity key owns the Noise static key"
+            )
+        peer = key.peer_id()
+        if self._expected_peer is not None and peer != self._expected_peer:
+            raise PeerIdMismatchError(
+                f"dialed {self._expected_peer} but the peer proved identity {peer}: "
+                "check the /p2p part of the address"
+            )
+        self._remote_key = key
+
+    @staticmethod
+    def _frame(message: bytes) -> bytes:
+        return _LENGTH.pack(len(message)) + message
+
+    def transport(self) -> NoiseTransport:
+        """The encrypted channel; it starts with any bytes received after the handshake."""
+        if not self._complete:
+            raise HandshakeError("the Noise handshake is not complete")
+        protocol = self._noise.noise_protocol
+        leftover = bytes(self._buffer)
+        self._buffer.clear()
+        return NoiseTransport(
+            protocol.cipher_state_encrypt.k, protocol.cipher_state_decrypt.k, leftover
+        )
+
+
+class NoiseTransport:
+    """Encrypts and decrypts libp2p Noise transport messages."""
+
+    __slots__ = ("_buffer", "_decrypt", "_encrypt", "_recv_nonce", "_send_nonce")
+
+    def __init__(self, send_key: bytes, receive_key: bytes, initial: bytes = b"") -> None:
+        self._encrypt = ChaCha20Poly1305(send_key).encrypt
+        self._decrypt = ChaCha20Poly1305(receive_key).decrypt
+        self._send_nonce = 0
+        self._recv_nonce = 0
+        self._buffer = bytearray(initial)
+
+    def encrypt(self, data: Buffer) -> bytes:
+        """Framed ciphertext for ``data``, split into messages of at most 65535 bytes."""
+        size = len(data)
+        if size <= MAX_PLAINTEXT:
+            if not size:
+                return b""
+            return self._seal(data)
+        view = memoryview(data)
+        return b"".join(
+            self._seal(view[offset : offset + MAX_PLAINTEXT])
+            for offset in range(0, size, MAX_PLAINTEXT)
+        )
+
+    def _seal(self, chunk: Buffer) -> bytes:
+        nonce = self._send_nonce
+        if nonce >= _MAX_NONCE:
+            raise HandshakeError("Noise send nonce exhausted: open a new connection")
+        self._send_nonce = nonce + 1
+        ciphertext = self._encrypt(_NONCE.pack(nonce), chunk, None)
+        return _LENGTH.pack(len(ciphertext)) + ciphertext
+
+    def receive_data(self, data: Buffer) -> bytes:
+        """Plaintext of every complete message in ``data`` (and earlier leftovers)."""
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            source: Buffer = buffer
+        else:
+            source = data
+        view = memoryview(source)
+        end = len(view)
+        pos = 0
+        plaintexts: list[bytes] = []
+        decrypt = self._decrypt
+        while end - pos >= 2:
+            (size,) = _LENGTH.unpack_from(view, pos)
+            if end - pos - 2 < size:
+                break
+            if size < TAG_SIZE:
+                raise DecodeError(f"Noise message of {size} bytes is shorter than its tag")
+            nonce = self._recv_nonce
+            if nonce >= _MAX_NONCE:
+                raise DecodeError("Noise receive nonce exhausted")
+            try:
+                plaintexts.append(decrypt(_NONCE.pack(nonce), view[pos + 2 : pos + 2 + size], None))
+            except InvalidTag:
+                raise DecodeError("Noise message failed authentication (corrupt or forged)") from None
+            self._recv_nonce = nonce + 1
+            pos += 2 + size
+        view.release()
+        if source is buffer:
+            del buffer[:pos]
+        elif pos < end:
+            buffer += memoryview(data)[pos:]
+        if len(plaintexts) == 1:
+            return plaintexts[0]
+        return b"".join(plaintexts)
