@@ -41,7 +41,12 @@ class _MessageReader:
 
     def next_message(self) -> str | None:
         buffer = self._buffer
-        header = decode_uvarint(buffer)
+        try:
+            header = decode_uvarint(buffer)
+        except DecodeError as exc:
+            raise DecodeError(
+                f"peer does not speak multistream-select: bad length prefix ({exc})"
+            ) from None
         if header is None:
             if len(buffer) >= 2:  # a valid length (< MAX_MESSAGE_SIZE) takes at most 2 bytes
                 raise DecodeError("multistream length prefix is too long")

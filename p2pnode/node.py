@@ -17,6 +17,7 @@ from .errors import (
     P2PTimeoutError,
     PeerIdMismatchError,
 )
+from .identify import IdentifyInfo
 from .identity import Identity, PeerId
 from .multiaddr import Multiaddr
 from .multistream import MultistreamListener
@@ -324,7 +325,7 @@ class Node:
             stream.reset()
             raise
 
-    async def identify(self, peer: PeerLike) -> identify.IdentifyInfo:
+    async def identify(self, peer: PeerLike) -> IdentifyInfo:
         """Ask ``peer`` to describe itself (identify protocol)."""
         stream = await self.new_stream(peer, [identify.PROTOCOL_ID])
         try:
@@ -350,9 +351,9 @@ class Node:
 
         return await send_task(self, peer, input, kind=kind, timeout=timeout)
 
-    def identify_info(self, observed: Multiaddr | None) -> identify.IdentifyInfo:
+    def identify_info(self, observed: Multiaddr | None) -> IdentifyInfo:
         """How this node describes itself to a peer that sees it at ``observed``."""
-        return identify.IdentifyInfo(
+        return IdentifyInfo(
             public_key=self.identity.public_key,
             listen_addrs=self.listen_addrs,
             observed_addr=observed,

@@ -138,7 +138,12 @@ def yamux_frame(kind: int, flags: int, stream_id: int, length: int, payload: byt
 async def expect_goaway_and_close(raw: _HandshakeProtocol, secure: object) -> int:
     data = await read_until_closed(raw)
     plaintext = secure.receive_data(data)  # type: ignore[attr-defined]
-    frames = [YAMUX_HEADER.unpack_from(plaintext, i) for i in range(0, len(plaintext) - 11, 12)]
+    frames = []
+    pos = 0
+    while pos + YAMUX_HEADER.size <= len(plaintext):
+        frame = YAMUX_HEADER.unpack_from(plaintext, pos)
+        frames.append(frame)
+        pos += YAMUX_HEADER.size + (frame[4] if frame[1] == 0 else 0)  # Data carries a payload
     goaways = [f for f in frames if f[1] == 3]
     assert goaways, f"no GoAway in {plaintext!r}"
     return int(goaways[-1][4])
