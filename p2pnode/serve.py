@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 from .errors import IdentityError
 from .identity import Identity, PeerId, default_identity_path
 from .node import ConnectionEvent, Node, NodeConfig
-from .task_server import TaskServer, format_log_human, format_log_json, parse_handler_specs
+from .task_server import (
+    DEFAULT_MAX_CONCURRENT,
+    TaskServer,
+    format_log_human,
+    format_log_json,
+    parse_handler_specs,
+)
 
 if TYPE_CHECKING:
     from .cli import Output
@@ -86,7 +92,6 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         on_log=lambda record: print(
             format_log_json(record) if out.as_json else format_log_human(record), flush=True
         ),
-        **server_kwargs,  # type: ignore[arg-type]
     )
     server.install()
     discovery = None

@@ -1,0 +1,273 @@
+"""Serving ``/p2pnode/task/1.0.0``: limits, authorization, timeouts and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass
+
+from .errors import DecodeError, P2PError
+from .framing import FrameDecoder, MessageTooLargeError, encode_frame
+from .identity import PeerId
+from .node import Node
+from .stream import Stream
+from .task import (
+    MAX_REQUEST_SIZE,
+    MAX_RESPONSE_SIZE,
+    PROTOCOL_ID,
+    ErrorCode,
+    TaskRequest,
+    TaskResponse,
+    decode_request,
+    encode_response,
+    error_response,
+    task_id_of,
+)
+from .task_handlers import (
+    EchoHandler,
+    ExecHandler,
+    HandlerFailedError,
+    PythonHandler,
+    TaskHandler,
+    load_python_handler,
+    parse_handler_specs,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONCURRENT = 128
+REQUEST_READ_TIMEOUT = 30.0
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT",
+    "EchoHandler",
+    "ExecHandler",
+    "PythonHandler",
+    "TaskHandler",
+    "TaskLogRecord",
+    "TaskServer",
+    "format_log_human",
+    "format_log_json",
+    "load_python_handler",
+    "parse_handler_specs",
+]
+
+
+@dataclass(slots=True, frozen=True)
+class TaskLogRecord:
+    """One served task, for the log."""
+
+    peer: str
+    kind: str
+    task_id: str
+    latency_ms: int
+    outcome: str  # "ok" or an error code
+    message: str = ""
+
+
+def format_log_human(record: TaskLogRecord) -> str:
+    """One line of text for a served task."""
+    text = (
+        f"task {record.task_id or '?'} kind={record.kind} from {record.peer}: "
+        f"{record.outcome} in {record.latency_ms} ms"
+    )
+    return text + (f" ({record.message})" if record.message else "")
+
+
+def format_log_json(record: TaskLogRecord) -> str:
+    """One JSON line for a served task."""
+    return json.dumps({"event": "task", **asdict(record)})
+
+
+class _Rejected(Exception):
+    def __init__(self, response: TaskResponse) -> None:
+        self.response = response
+
+
+class TaskServer:
+    """Runs tasks for a Node; beyond ``max_concurrent`` running tasks, new ones get ``busy``."""
+
+    def __init__(
+        self,
+        node: Node,
+        handlers: Mapping[str, TaskHandler],
+        *,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        allow: Collection[PeerId] | None = None,
+        max_request_size: int = MAX_REQUEST_SIZE,
+        max_response_size: int = MAX_RESPONSE_SIZE,
+        max_timeout: float | None = None,
+        request_read_timeout: float = REQUEST_READ_TIMEOUT,
+        on_log: Callable[[TaskLogRecord], None] | None = None,
+    ) -> None:
+        self.node = node
+        self.handlers = dict(handlers)
+        self.max_concurrent = max_concurrent
+        self.allow = frozenset(allow) if allow is not None else None
+        self.max_request_size = max_request_size
+        self.max_response_size = max_response_size
+        self.max_timeout = max_timeout
+        self.request_read_timeout = request_read_timeout
+        self.on_log = on_log
+        self._running: set[asyncio.Task[str]] = set()
+        self._active = 0  # streams being served, from first byte to response written
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._shutting_down = False
+
+    @property
+    def running(self) -> int:
+        """Tasks whose handler is running now."""
+        return len(self._running)
+
+    def install(self) -> None:
+        """Serve the task protocol on the node."""
+        self.node.set_handler(PROTOCOL_ID, self.handle_stream)
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new tasks, give running ones ``grace`` seconds, then cancel them; all get answers."""
+        self._shutting_down = True
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            for task in list(self._running):
+                task.cancel()
+            async with asyncio.timeout(5):
+                await self._idle.wait()
+
+    async def handle_stream(self, stream: Stream) -> None:
+        """Serve one task stream: read, check, run, answer, log."""
+        started = time.perf_counter()
+        self._active += 1
+        self._idle.clear()
+        request: TaskRequest | None = None
+        try:
+            try:
+                request = await self._read_request(stream)
+                self._admit(request, stream.remote_peer)
+                started = time.perf_counter()  # latency_ms is the handler's time
+                output = await self._run(request)
+                response = TaskResponse(request.task_id, output, _elapsed_ms(started))
+            except _Rejected as rejected:
+                response = rejected.response
+                response.latency_ms = _elapsed_ms(started)
+            await stream.write(encode_frame(encode_response(response)))
+            await stream.close()
+        except P2PError as exc:  # the stream broke: nobody to answer
+            response = error_response(
+                request.task_id if request else "", ErrorCode.FAILED, f"stream failed: {exc}"
+            )
+            stream.reset()
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+        self._log(stream.remote_peer, request, response)
+
+    async def _read_request(self, stream: Stream) -> TaskRequest:
+        decoder = FrameDecoder(self.max_request_size)
+        try:
+            async with asyncio.timeout(self.request_read_timeout):
+                while True:
+                    chunk = await stream.read()
+                    if not chunk:
+                        raise DecodeError("stream ended before a whole request arrived")
+                    messages = decoder.receive_data(chunk)
+                    if messages:
+                        body = messages[0]
+                        break
+        except MessageTooLargeError as exc:
+            await stream.close()  # read no further
+            raise _Rejected(error_response("", ErrorCode.TOO_LARGE, str(exc))) from None
+        except TimeoutError:
+            raise _Rejected(
+                error_response(
+                    "", ErrorCode.BAD_REQUEST, f"no request within {self.request_read_timeout}s"
+                )
+            ) from None
+        except DecodeError as exc:
+            raise _Rejected(error_response("", ErrorCode.BAD_REQUEST, str(exc))) from None
+        try:
+            return decode_request(body)
+        except DecodeError as exc:
+            raise _Rejected(error_response(task_id_of(body), ErrorCode.BAD_REQUEST, str(exc))) from None
+
+    def _admit(self, request: TaskRequest, peer: PeerId) -> None:
+        def reject(code: ErrorCode, message: str) -> _Rejected:
+            return _Rejected(error_response(request.task_id, code, message))
+
+        if self.allow is not None and peer not in self.allow:
+            log.warning("refused task %s from unauthorized peer %s", request.task_id, peer)
+            raise reject(ErrorCode.UNAUTHORIZED, f"peer {peer} is not allowed to send tasks")
+        if self._shutting_down:
+            raise reject(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+        if request.kind not in self.handlers:
+            kinds = ", ".join(sorted(self.handlers))
+            raise reject(ErrorCode.UNKNOWN_KIND, f"no handler for kind {request.kind!r}; have {kinds}")
+        if len(self._running) >= self.max_concurrent:
+            raise reject(ErrorCode.BUSY, f"{self.max_concurrent} tasks are already running")
+
+    async def _run(self, request: TaskRequest) -> str:
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else None
+        if self.max_timeout is not None:
+            timeout = min(timeout or self.max_timeout, self.max_timeout)
+        task = asyncio.ensure_future(self.handlers[request.kind].run(request))
+        self._running.add(task)
+        try:
+            async with asyncio.timeout(timeout):
+                output = await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise _Rejected(
+                error_response(request.task_id, ErrorCode.TIMEOUT, f"handler ran over {timeout}s")
+            ) from None
+        except asyncio.CancelledError:
+            if not task.cancelled() or not self._shutting_down:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise
+            raise _Rejected(
+                error_response(
+                    request.task_id, ErrorCode.SHUTTING_DOWN, "cancelled: the grace period ended"
+                )
+            ) from None
+        except HandlerFailedError as exc:
+            raise _Rejected(error_response(request.task_id, ErrorCode.FAILED, str(exc))) from None
+        except Exception as exc:
+            message = f"handler raised {type(exc).__name__}: {exc}"
+            raise _Rejected(error_response(request.task_id, ErrorCode.FAILED, message)) from None
+        finally:
+            self._running.discard(task)
+        if len(output) > self.max_response_size:
+            raise _Rejected(
+                error_response(
+                    request.task_id,
+                    ErrorCode.FAILED,
+                    f"output of {len(output)} bytes exceeds {self.max_response_size}",
+                )
+            )
+        return output
+
+    def _log(self, peer: PeerId, request: TaskRequest | None, response: TaskResponse) -> None:
+        if self.on_log is None:
+            return
+        error = response.error
+        self.on_log(
+            TaskLogRecord(
+                peer=str(peer),
+                kind=request.kind if request else "",
+                task_id=response.task_id,
+                latency_ms=response.latency_ms,
+                outcome=error.code if error else "ok",
+                message=error.message if error else "",
+            )
+        )
+
+
+def _elapsed_ms(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
