@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import DiscoveryError, P2PError
 from .identity import PeerId
@@ -148,7 +149,9 @@ class PeerTable:
             return None
         return entry
 
-    def update(self, peer_id: PeerId, addrs: Sequence[Multiaddr], ttl: float) -> PeerDiscovered | None:
+    def update(
+        self, peer_id: PeerId, addrs: Sequence[Multiaddr], ttl: float
+    ) -> PeerDiscovered | None:
         """Record an answer; return an event when the peer or its addresses are new."""
         now = self._clock()
         entry = self._peers.get(peer_id)
@@ -268,7 +271,8 @@ class MdnsDiscovery:
     def advertised_addrs(self) -> list[Multiaddr]:
         """What we announce: real interface addresses reachable on the link, with /p2p."""
         return [
-            a.with_peer_id(self.peer_id) for a in expand_wildcards(self._listen_addrs, for_link=True)
+            a.with_peer_id(self.peer_id)
+            for a in expand_wildcards(self._listen_addrs, for_link=True)
         ]
 
     async def start(self) -> None:
@@ -282,8 +286,7 @@ class MdnsDiscovery:
         self._query()
         addrs = self.advertised_addrs()
         if addrs:
-            first = addrs[0].without_peer_id()
-            host, port = first.tcp_host_port()
+            _, port = addrs[0].without_peer_id().tcp_host_port()
             ips = [
                 ipaddress.ip_address(a.value_for("ip4") or "").packed
                 for a in addrs
@@ -356,7 +359,8 @@ class MdnsDiscovery:
     # -- internals --------------------------------------------------------------------
 
     def _query(self) -> None:
-        from zeroconf import DNSOutgoing, DNSQuestion
+        from zeroconf._dns import DNSQuestion
+        from zeroconf._protocol.outgoing import DNSOutgoing
         from zeroconf.asyncio import AsyncZeroconf
         from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 
@@ -420,8 +424,8 @@ class _RecordHandling:
     def __init__(self, discovery: MdnsDiscovery) -> None:
         self.discovery = discovery
 
-    def async_update_records(self, zc: object, now: float, records: list[object]) -> None:
-        from zeroconf import DNSPointer, DNSText
+    def async_update_records(self, zc: Any, now: float, records: list[Any]) -> None:
+        from zeroconf._dns import DNSPointer, DNSText
 
         suffix = "." + SERVICE_TYPE
         for update in records:
@@ -445,7 +449,9 @@ class _RecordHandling:
 class PeerCache:
     """A small on-disk cache of recently seen peer addresses (for ``send-task <peer-id>``)."""
 
-    def __init__(self, path: Path | None = None, max_entries: int = 256, max_age: float = 3600) -> None:
+    def __init__(
+        self, path: Path | None = None, max_entries: int = 256, max_age: float = 3600
+    ) -> None:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         self.path = path or Path(base) / "p2pnode" / "peers.json"
         self.max_entries = max_entries

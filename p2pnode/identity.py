@@ -22,7 +22,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from ._base58 import b58decode, b58encode
-from ._protobuf import LENGTH_DELIMITED, VARINT, encode_bytes_field, encode_varint_field, iter_fields
+from ._protobuf import (
+    LENGTH_DELIMITED,
+    VARINT,
+    encode_bytes_field,
+    encode_varint_field,
+    iter_fields,
+)
 from .errors import DecodeError, IdentityError
 
 _IDENTITY_MULTIHASH = 0x00
@@ -96,7 +102,9 @@ class PublicKey:
                 key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), raw)
             else:
                 key = serialization.load_der_public_key(raw)
-                expected = rsa.RSAPublicKey if key_type is KeyType.RSA else ec.EllipticCurvePublicKey
+                expected = (
+                    rsa.RSAPublicKey if key_type is KeyType.RSA else ec.EllipticCurvePublicKey
+                )
                 if not isinstance(key, expected):
                     raise IdentityError(f"{key_type.name} key data holds another kind of key")
         except (ValueError, TypeError) as exc:

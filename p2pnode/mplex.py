@@ -130,7 +130,13 @@ class MplexSession:
         return events
 
     def _handle_frame(
-        self, number: int, flag: int, view: memoryview, start: int, end: int, events: list[MuxerEvent]
+        self,
+        number: int,
+        flag: int,
+        view: memoryview,
+        start: int,
+        end: int,
+        events: list[MuxerEvent],
     ) -> None:
         if flag == MplexFlag.NEW_STREAM:
             self._accept(number * 2 + 1, events)
@@ -212,7 +218,9 @@ class MplexSession:
         else:
             view = memoryview(data)
             for offset in range(0, size, chunk):
-                self._send_flag(stream_id, MplexFlag.MESSAGE_RECEIVER, view[offset : offset + chunk])
+                self._send_flag(
+                    stream_id, MplexFlag.MESSAGE_RECEIVER, view[offset : offset + chunk]
+                )
         return size
 
     def send_window(self, stream_id: int) -> int:

@@ -256,17 +256,24 @@ class Multiaddr:
         kept = [(n, v) for n, v in self._components if n != "p2p"]
         if len(kept) == len(self._components):
             return self
-        return Multiaddr.from_string("".join(f"/{n}" if v is None else f"/{n}/{v}" for n, v in kept))
+        return Multiaddr.from_string(
+            "".join(f"/{n}" if v is None else f"/{n}/{v}" for n, v in kept)
+        )
 
     def tcp_host_port(self) -> tuple[str, int]:
         """``(host, port)`` of an /ip4, /ip6 or /dns* + /tcp address."""
         comps = self._components
-        if len(comps) >= 2 and comps[1][0] == "tcp" and comps[0][0] in (
-            "ip4",
-            "ip6",
-            "dns",
-            "dns4",
-            "dns6",
+        if (
+            len(comps) >= 2
+            and comps[1][0] == "tcp"
+            and comps[0][0]
+            in (
+                "ip4",
+                "ip6",
+                "dns",
+                "dns4",
+                "dns6",
+            )
         ):
             host, port = comps[0][1], comps[1][1]
             assert host is not None and port is not None

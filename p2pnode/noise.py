@@ -239,7 +239,9 @@ class NoiseTransport:
             try:
                 plaintexts.append(decrypt(_NONCE.pack(nonce), view[pos + 2 : pos + 2 + size], None))
             except InvalidTag:
-                raise DecodeError("Noise message failed authentication (corrupt or forged)") from None
+                raise DecodeError(
+                    "Noise message failed authentication (corrupt or forged)"
+                ) from None
             self._recv_nonce = nonce + 1
             pos += 2 + size
         view.release()

@@ -82,12 +82,10 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         out.emit(event.kind, human, **fields)
 
     node.on_event(print_connection_event)
-    server_kwargs = (
-        {} if options.max_concurrent is None else {"max_concurrent": options.max_concurrent}
-    )
     server = TaskServer(
         node,
         handlers,
+        max_concurrent=options.max_concurrent or DEFAULT_MAX_CONCURRENT,
         allow=allowed,
         on_log=lambda record: print(
             format_log_json(record) if out.as_json else format_log_human(record), flush=True

@@ -106,7 +106,9 @@ def decode_response(body: bytes) -> TaskResponse:
         raise DecodeError(f"invalid task response: {exc}") from None
 
 
-def error_response(task_id: str, code: ErrorCode, message: str, latency_ms: int = 0) -> TaskResponse:
+def error_response(
+    task_id: str, code: ErrorCode, message: str, latency_ms: int = 0
+) -> TaskResponse:
     """A failure response."""
     return TaskResponse(task_id, "", latency_ms, TaskErrorInfo(code.value, message))
 
@@ -140,7 +142,12 @@ _ADVICE: dict[str, str] = {
     ErrorCode.TOO_LARGE: "send a smaller input",
     ErrorCode.TIMEOUT: "give the task a longer --timeout",
 }
-_REFUSALS: set[str] = {ErrorCode.UNAUTHORIZED, ErrorCode.BUSY, ErrorCode.SHUTTING_DOWN, ErrorCode.UNKNOWN_KIND}
+_REFUSALS: set[str] = {
+    ErrorCode.UNAUTHORIZED,
+    ErrorCode.BUSY,
+    ErrorCode.SHUTTING_DOWN,
+    ErrorCode.UNKNOWN_KIND,
+}
 
 
 def error_from_response(response: TaskResponse) -> TaskError:

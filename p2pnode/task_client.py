@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .errors import DecodeError
-from .framing import read_frame, encode_frame
+from .framing import encode_frame, read_frame
 from .task import (
     DEFAULT_KIND,
     MAX_RESPONSE_SIZE,
@@ -83,6 +83,3 @@ async def send_task(
         round((connected - started) * 1000, 3),
         round((finished - connected) * 1000, 3),
     )
-
-
-

@@ -71,11 +71,14 @@ class ExecHandler:
         if code != 0:
             tail = stderr[-STDERR_TAIL:].decode(errors="replace").strip()
             raise HandlerFailedError(
-                f"command {self.argv[0]!r} exited with status {code}" + (f": {tail}" if tail else "")
+                f"command {self.argv[0]!r} exited with status {code}"
+                + (f": {tail}" if tail else "")
             )
         return stdout.decode(errors="replace")
 
-    async def _communicate(self, proc: asyncio.subprocess.Process, data: bytes) -> tuple[bytes, bytes]:
+    async def _communicate(
+        self, proc: asyncio.subprocess.Process, data: bytes
+    ) -> tuple[bytes, bytes]:
         stdout, stderr, _ = await asyncio.gather(
             self._read_limited(proc.stdout, self.max_output, proc),
             self._read_limited(proc.stderr, 1 << 20, proc),

@@ -128,7 +128,7 @@ class TaskServer:
         self.node.set_handler(PROTOCOL_ID, self.handle_stream)
 
     async def shutdown(self, grace: float) -> None:
-        """Refuse new tasks, give running ones ``grace`` seconds, then cancel them; all get answers."""
+        """Refuse new tasks; let running ones finish within ``grace`` s, then cancel (all answered)."""
         self._shutting_down = True
         try:
             async with asyncio.timeout(grace):
@@ -194,7 +194,9 @@ class TaskServer:
         try:
             return decode_request(body)
         except DecodeError as exc:
-            raise _Rejected(error_response(task_id_of(body), ErrorCode.BAD_REQUEST, str(exc))) from None
+            raise _Rejected(
+                error_response(task_id_of(body), ErrorCode.BAD_REQUEST, str(exc))
+            ) from None
 
     def _admit(self, request: TaskRequest, peer: PeerId) -> None:
         def reject(code: ErrorCode, message: str) -> _Rejected:
@@ -207,7 +209,9 @@ class TaskServer:
             raise reject(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         if request.kind not in self.handlers:
             kinds = ", ".join(sorted(self.handlers))
-            raise reject(ErrorCode.UNKNOWN_KIND, f"no handler for kind {request.kind!r}; have {kinds}")
+            raise reject(
+                ErrorCode.UNKNOWN_KIND, f"no handler for kind {request.kind!r}; have {kinds}"
+            )
         if len(self._running) >= self.max_concurrent:
             raise reject(ErrorCode.BUSY, f"{self.max_concurrent} tasks are already running")
 
