@@ -128,7 +128,7 @@ class TaskServer:
         self.node.set_handler(PROTOCOL_ID, self.handle_stream)
 
     async def shutdown(self, grace: float) -> None:
-        """Refuse new tasks; let running ones finish within ``grace`` s, then cancel (all answered)."""
+        """Refuse new tasks; running ones get ``grace`` s to finish, then are cancelled."""
         self._shutting_down = True
         try:
             async with asyncio.timeout(grace):
