@@ -250,7 +250,7 @@ class Node:
             addr = Multiaddr.from_string(addr)
         peer = addr.peer_id
         if peer is not None:
-            if peer == self.peer_id:
+            if peer == self.peer_id and self._listeners:
                 raise DialError(f"{addr} is this node itself")
             existing = self._usable_connection(peer)
             if existing is not None:

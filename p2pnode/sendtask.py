@@ -113,7 +113,9 @@ async def send_task_cli(
             timings=timings,
         )
     else:
-        print(result.output, flush=True)
+        output = result.output
+        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+        sys.stdout.flush()
 
 
 async def list_peers(out: Output, *, timeout: float, identify: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -236,7 +237,7 @@ async def dial(
     except TimeoutError:
         raise DialError(f"could not connect to {addr}: timed out") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise DialError(
             f"could not connect to {addr}: {reason}; check that the peer runs and listens there"
         ) from None
