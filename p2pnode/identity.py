@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ._base58 import b58decode, b58encode
 from ._protobuf import (
@@ -71,6 +72,49 @@ def _decode_key_protobuf(data: bytes, what: str) -> tuple[KeyType, bytes]:
         raise IdentityError(f"unsupported key type {key_type} in {what}") from None
 
 
+_CURVES_BY_OID = {
+    "2a8648ce3d030107": ec.SECP256R1,
+    "2b81040022": ec.SECP384R1,
+    "2b81040023": ec.SECP521R1,
+}
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) items of a DER sequence body; ValueError when malformed."""
+    items: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        if pos + 2 > len(data):
+            raise ValueError("truncated DER item")
+        tag, size = data[pos], data[pos + 1]
+        pos += 2
+        if size & 0x80:
+            width = size & 0x7F
+            if width == 0 or width > 2 or pos + width > len(data):
+                raise ValueError("bad DER length")
+            size = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        if pos + size > len(data):
+            raise ValueError("DER item runs past the end")
+        items.append((tag, data[pos : pos + size]))
+        pos += size
+    return items
+
+
+def _load_sec1_style_ecdsa(raw: bytes) -> ec.EllipticCurvePublicKey:
+    """js-libp2p's ECDSA form: SEQUENCE {1, [0] {curve OID}, [1] {BIT STRING point}}."""
+    ((tag, body),) = _der_items(raw)
+    fields = dict(_der_items(body)) if tag == 0x30 else {}
+    if 0xA0 not in fields or 0xA1 not in fields:
+        raise ValueError("not an ECDSA public key structure")
+    ((_, oid),) = _der_items(fields[0xA0])
+    ((_, bits),) = _der_items(fields[0xA1])
+    curve = _CURVES_BY_OID.get(oid.hex())
+    if curve is None or not bits or bits[0] != 0:
+        raise ValueError("unsupported ECDSA curve or point encoding")
+    return ec.EllipticCurvePublicKey.from_encoded_point(curve(), bits[1:])
+
+
 class PublicKey:
     """A peer's public key: verify its signatures and derive its PeerId."""
 
@@ -100,6 +144,8 @@ class PublicKey:
                 key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
             elif key_type is KeyType.SECP256K1:
                 key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), raw)
+            elif key_type is KeyType.ECDSA and raw[:1] == b"\x30" and b"\xa1" in raw[:40]:
+                key = _load_sec1_style_ecdsa(raw)
             else:
                 key = serialization.load_der_public_key(raw)
                 expected = (
@@ -124,6 +170,13 @@ class PublicKey:
             elif isinstance(key, rsa.RSAPublicKey):
                 key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
             elif isinstance(key, ec.EllipticCurvePublicKey):
+                size = (key.curve.key_size + 7) // 8
+                if len(signature) == 2 * size and signature[:1] != b"\x30":
+                    # js-libp2p signs ECDSA as raw r || s; the spec (and go) use DER.
+                    r, s = signature[:size], signature[size:]
+                    signature = encode_dss_signature(
+                        int.from_bytes(r, "big"), int.from_bytes(s, "big")
+                    )
                 key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
             else:
                 return False
@@ -270,10 +323,11 @@ class Identity:
         key_type, raw = _decode_key_protobuf(bytes(data), "PrivateKey")
         if key_type is not KeyType.ED25519:
             raise IdentityError(f"only Ed25519 identity keys are supported, not {key_type.name}")
-        if len(raw) not in (32, 64):
+        # 64 bytes: seed + public key; older libp2p wrote 96: seed + public key twice.
+        if len(raw) not in (64, 96) or (len(raw) == 96 and raw[32:64] != raw[64:]):
             raise IdentityError(f"Ed25519 private key must be 64 bytes, not {len(raw)}")
         identity = cls(ed25519.Ed25519PrivateKey.from_private_bytes(raw[:32]))
-        if len(raw) == 64 and identity.public_key.to_protobuf()[4:] != raw[32:]:
+        if identity.public_key.to_protobuf()[4:] != raw[32:64]:
             raise IdentityError("Ed25519 private key's public half does not match its seed")
         return identity
 
