@@ -1,0 +1,103 @@
+"""Multiaddrs: js-libp2p's binary encodings, errors, and fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2pnode.errors import MultiaddrError
+from p2pnode.identity import Identity
+from p2pnode.multiaddr import Multiaddr
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "js_vectors.json").read_text())
+
+
+@pytest.mark.parametrize("vector", VECTORS["multiaddrs"], ids=lambda v: v["text"][:40])
+def test_js_multiaddr_vectors(vector: dict) -> None:
+    addr = Multiaddr.from_string(vector["text"])
+    assert addr.to_bytes().hex() == vector["bytes"]
+    decoded = Multiaddr.from_bytes(bytes.fromhex(vector["bytes"]))
+    assert str(decoded) == vector["text"]
+    assert decoded == addr
+
+
+def test_known_byte_encoding() -> None:
+    # /ip4/127.0.0.1/tcp/4001: code 4, four address bytes, code 6, big-endian port.
+    assert Multiaddr.from_string("/ip4/127.0.0.1/tcp/4001").to_bytes() == bytes.fromhex(
+        "047f000001060fa1"
+    )
+
+
+def test_accessors() -> None:
+    peer = Identity.generate().peer_id
+    addr = Multiaddr.from_string(f"/ip4/10.0.0.1/tcp/80/p2p/{peer}")
+    assert addr.peer_id == peer
+    assert addr.tcp_host_port() == ("10.0.0.1", 80)
+    assert str(addr.without_peer_id()) == "/ip4/10.0.0.1/tcp/80"
+    assert addr.without_peer_id().with_peer_id(peer) == addr
+    assert addr.components()[0] == ("ip4", "10.0.0.1")
+    assert Multiaddr.from_string("/ip6/::/tcp/0").is_wildcard()
+    assert not addr.is_wildcard()
+    assert Multiaddr.from_string("/dns4/example.com/tcp/1").tcp_host_port() == ("example.com", 1)
+    assert str(Multiaddr.from_string(f"/ipfs/{peer}")) == f"/p2p/{peer}"
+    with pytest.raises(MultiaddrError, match="names peer"):
+        addr.with_peer_id(Identity.generate().peer_id)
+    with pytest.raises(MultiaddrError, match="not a TCP address"):
+        Multiaddr.from_string("/ip4/1.2.3.4/udp/1/quic-v1").tcp_host_port()
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("", "must start with"),
+        ("ip4/1.2.3.4", "must start with"),
+        ("/", "empty"),
+        ("/ip4", "needs a value"),
+        ("/ip4/1.2.3.256/tcp/1", "invalid ip4"),
+        ("/ip6/zz::1", "invalid ip6"),
+        ("/ip4/1.2.3.4/tcp/65536", "port"),
+        ("/ip4/1.2.3.4/tcp/-1", "port"),
+        ("/foo/bar", "unknown protocol"),
+        ("/p2p/notapeerid", "/p2p"),
+    ],
+)
+def test_malformed_text_names_the_problem(text: str, complaint: str) -> None:
+    with pytest.raises(MultiaddrError, match=complaint):
+        Multiaddr.from_string(text)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x04\x7f\x00", b"\xff\xff\xff", b"\x06\x0f", b"\xa5\x03\x50\x01", b"\x35\x05abc"],
+)
+def test_malformed_binary(data: bytes) -> None:
+    with pytest.raises(MultiaddrError):
+        Multiaddr.from_bytes(data)
+
+
+@given(st.binary(max_size=64))
+def test_any_bytes_give_a_multiaddr_or_our_error(data: bytes) -> None:
+    try:
+        addr = Multiaddr.from_bytes(data)
+    except MultiaddrError:
+        return
+    assert Multiaddr.from_string(str(addr)) == addr
+
+
+@given(st.text(max_size=64))
+def test_any_text_gives_a_multiaddr_or_our_error(text: str) -> None:
+    with contextlib.suppress(MultiaddrError):
+        Multiaddr.from_string(text)
+
+
+@given(st.ip_addresses(), st.integers(0, 65535))
+def test_generated_addresses_round_trip(ip: object, port: int) -> None:
+    family = "ip4" if ":" not in str(ip) else "ip6"
+    addr = Multiaddr.from_string(f"/{family}/{ip}/tcp/{port}")
+    assert Multiaddr.from_bytes(addr.to_bytes()) == addr
+    assert addr.tcp_host_port() == (str(ip), port)

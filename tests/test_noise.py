@@ -1,0 +1,166 @@
+"""libp2p Noise, driven with bytes only."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pnode.errors import DecodeError, HandshakeError, P2PError, PeerIdMismatchError
+from p2pnode.identity import Identity
+from p2pnode.noise import (
+    MAX_PLAINTEXT,
+    SIGNATURE_PREFIX,
+    NoiseHandshake,
+    NoiseTransport,
+    decode_payload,
+    encode_payload,
+)
+
+
+def handshake(
+    step: int | None = None, expected: bool = True
+) -> tuple[NoiseHandshake, NoiseHandshake]:
+    alice, bob = Identity.generate(), Identity.generate()
+    initiator = NoiseHandshake(
+        alice, initiator=True, expected_peer=bob.peer_id if expected else None
+    )
+    responder = NoiseHandshake(bob, initiator=False)
+
+    def feed(side: NoiseHandshake, data: bytes) -> bytes:
+        if step is None:
+            return side.receive_data(data)
+        return b"".join(side.receive_data(data[i : i + step]) for i in range(0, len(data), step))
+
+    message2 = feed(responder, initiator.start())
+    message3 = feed(initiator, message2)
+    feed(responder, message3)
+    return initiator, responder
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_handshake_authenticates_both_sides(step: int | None) -> None:
+    initiator, responder = handshake(step)
+    assert initiator.complete and responder.complete
+    a, b = initiator.transport(), responder.transport()
+    assert b.receive_data(a.encrypt(b"ping")) == b"ping"
+    assert a.receive_data(b.encrypt(b"pong")) == b"pong"
+
+
+def test_remote_peer_ids_are_the_other_sides_identity() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    i = NoiseHandshake(alice, initiator=True, expected_peer=bob.peer_id)
+    r = NoiseHandshake(bob, initiator=False)
+    r.receive_data(i.receive_data(r.receive_data(i.start())))
+    assert i.remote_peer == bob.peer_id
+    assert r.remote_peer == alice.peer_id
+
+
+def test_wrong_expected_peer_is_refused() -> None:
+    alice, bob, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    i = NoiseHandshake(alice, initiator=True, expected_peer=carol.peer_id)
+    r = NoiseHandshake(bob, initiator=False)
+    with pytest.raises(PeerIdMismatchError, match=str(carol.peer_id)):
+        i.receive_data(r.receive_data(i.start()))
+
+
+class Forger(Identity):
+    def sign(self, data: bytes) -> bytes:
+        return Identity.generate().sign(data)
+
+
+def test_forged_signature_is_refused() -> None:
+    forger = Forger.from_private_key_protobuf(Identity.generate().to_private_key_protobuf())
+    i = NoiseHandshake(Identity.generate(), initiator=True)
+    r = NoiseHandshake(forger, initiator=False)
+    with pytest.raises(HandshakeError, match="signature"):
+        i.receive_data(r.receive_data(i.start()))
+
+
+def test_truncated_handshake_waits_without_error() -> None:
+    i = NoiseHandshake(Identity.generate(), initiator=True)
+    r = NoiseHandshake(Identity.generate(), initiator=False)
+    message3 = i.receive_data(r.receive_data(i.start()))
+    assert r.receive_data(message3[:-5]) == b""
+    assert not r.complete
+    with pytest.raises(HandshakeError, match="not complete"):
+        r.transport()
+
+
+def test_tampered_handshake_message_is_refused() -> None:
+    i = NoiseHandshake(Identity.generate(), initiator=True)
+    r = NoiseHandshake(Identity.generate(), initiator=False)
+    message2 = bytearray(r.receive_data(i.start()))
+    message2[-1] ^= 1
+    with pytest.raises(HandshakeError):
+        i.receive_data(bytes(message2))
+
+
+def test_payload_encoding_and_missing_fields() -> None:
+    assert decode_payload(encode_payload(b"key", b"sig")) == (b"key", b"sig")
+    # Unknown extension fields (4) are ignored.
+    assert decode_payload(encode_payload(b"k", b"s") + b"\x22\x02\x0a\x00") == (b"k", b"s")
+    with pytest.raises(HandshakeError, match="lacks"):
+        decode_payload(b"\x0a\x01k")
+    assert SIGNATURE_PREFIX == b"noise-libp2p-static-key:"
+
+
+@pytest.mark.parametrize("size", [0, 1, MAX_PLAINTEXT, MAX_PLAINTEXT + 1, 1 << 20])
+def test_transport_splits_and_reassembles(size: int) -> None:
+    initiator, responder = handshake()
+    a, b = initiator.transport(), responder.transport()
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    ciphertext = a.encrypt(data)
+    frames = 0 if size == 0 else -(-size // MAX_PLAINTEXT)
+    assert len(ciphertext) == size + frames * 18
+    assert b.receive_data(ciphertext) == data
+
+
+def test_tampered_ciphertext_is_refused() -> None:
+    initiator, responder = handshake()
+    ciphertext = bytearray(initiator.transport().encrypt(b"secret"))
+    ciphertext[5] ^= 0x80
+    with pytest.raises(DecodeError, match="authentication"):
+        responder.transport().receive_data(bytes(ciphertext))
+
+
+def test_frame_shorter_than_tag_is_refused() -> None:
+    transport = NoiseTransport(b"k" * 32, b"k" * 32)
+    with pytest.raises(DecodeError, match="shorter"):
+        transport.receive_data(b"\x00\x03abc")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=5000), st.lists(st.integers(1, 5000), max_size=10))
+def test_frames_split_anywhere_reassemble(data: bytes, cuts: list[int]) -> None:
+    initiator, responder = handshake()
+    a, b = initiator.transport(), responder.transport()
+    ciphertext = a.encrypt(data) + a.encrypt(b"tail")
+    points = sorted({c % (len(ciphertext) + 1) for c in cuts})
+    pieces = [
+        ciphertext[s:e] for s, e in zip([0, *points], [*points, len(ciphertext)], strict=True)
+    ]
+    assert b"".join(b.receive_data(p) for p in pieces) == data + b"tail"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_to_a_handshake_give_our_error_or_progress(data: bytes) -> None:
+    for side in (
+        NoiseHandshake(Identity.generate(), initiator=False),
+        NoiseHandshake(Identity.generate(), initiator=True),
+    ):
+        try:
+            side.start()
+            side.receive_data(data)
+        except P2PError:
+            pass
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=400))
+def test_any_bytes_to_a_transport_give_our_error_or_nothing(data: bytes) -> None:
+    with contextlib.suppress(P2PError):
+        NoiseTransport(b"k" * 32, b"k" * 32).receive_data(data)
