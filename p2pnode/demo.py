@@ -9,72 +9,41 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-SERVER_NS_ADDR = "10.213.0.1"
-CLIENT_NS_ADDR = "10.213.0.2"
+from .netns import Host, namespaces_unavailable, two_hosts
 
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
-def _ip(*args: str, netns: str | None = None) -> None:
-    argv = ["ip", *args] if netns is None else ["ip", "netns", "exec", netns, "ip", *args]
-    subprocess.run(argv, check=True, capture_output=True, text=True)
+def read_event(stream: IO[str], kind: str, timeout: float = 20.0) -> dict[str, Any]:
+    """The next JSON line of ``kind`` from a p2pnode process (SystemExit if it never comes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        event: dict[str, Any] = json.loads(line)
+        if event.get("event") == kind:
+            return event
+    raise SystemExit(f"demo: the server did not print a {kind!r} event")
 
 
-@contextmanager
-def two_hosts() -> Iterator[tuple[str, str]]:
-    """Two network namespaces joined by a veth pair, with multicast routed over it."""
-    suffix = str(os.getpid())
-    server_ns, client_ns = f"p2pdemo-srv-{suffix}", f"p2pdemo-cli-{suffix}"
-    created: list[str] = []
-    try:
-        for ns in (server_ns, client_ns):
-            _ip("netns", "add", ns)
-            created.append(ns)
-        _ip("link", "add", "p2pd0", "netns", server_ns, "type", "veth",
-            "peer", "name", "p2pd1", "netns", client_ns)  # fmt: skip
-        for ns, dev, addr in (
-            (server_ns, "p2pd0", SERVER_NS_ADDR),
-            (client_ns, "p2pd1", CLIENT_NS_ADDR),
-        ):
-            _ip("addr", "add", f"{addr}/24", "dev", dev, netns=ns)
-            _ip("link", "set", dev, "up", "multicast", "on", netns=ns)
-            _ip("link", "set", "lo", "up", netns=ns)
-            _ip("route", "add", "224.0.0.0/4", "dev", dev, netns=ns)
-        yield server_ns, client_ns
-    finally:
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+def p2pnode_argv(host: Host | None, *args: str) -> list[str]:
+    argv = [sys.executable, "-m", "p2pnode", *args]
+    return argv if host is None else host.argv(argv)
 
 
-def namespaces_available() -> str | None:
-    """None when we can make network namespaces, else the reason we cannot."""
-    if shutil.which("ip") is None:
-        return "the `ip` command (iproute2) is not installed"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    probe = f"p2pdemo-probe-{os.getpid()}"
-    result = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if result.returncode != 0:
-        return f"`ip netns add` failed: {result.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-def p2pnode_argv(netns: str | None, *args: str) -> list[str]:
-    argv = [sys.executable, "-m", "p2pnode.cli", *args]
-    return argv if netns is None else ["ip", "netns", "exec", netns, *argv]
+def p2pnode_argv(host: Host | None, *args: str) -> list[str]:
+    argv = [sys.executable, "-m", "p2pnode", *args]
+    return argv if host is None else host.argv(argv)
 
 
 def read_event(stream: IO[str], kind: str, timeout: float = 20.0) -> dict[str, Any]:
@@ -89,7 +58,7 @@ def read_event(stream: IO[str], kind: str, timeout: float = 20.0) -> dict[str, A
     raise SystemExit(f"demo: the server did not print a {kind!r} event")
 
 
-def run_demo(server_ns: str | None, client_ns: str | None, env: dict[str, str]) -> None:
+def run_demo(server_ns: Host | None, client_ns: Host | None, env: dict[str, str]) -> None:
     serve_args = ["serve", "--ephemeral", "--json", "--exec", "upper=tr a-z A-Z"]
     if server_ns is None:
         serve_args += ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]
@@ -141,11 +110,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="p2pnode-demo-") as home:
         env = dict(os.environ, XDG_CONFIG_HOME=str(Path(home) / "config"),
                    XDG_CACHE_HOME=str(Path(home) / "cache"))  # fmt: skip
-        reason = namespaces_available()
+        reason = namespaces_unavailable()
         if reason is None:
             say("p2pnode demo: two hosts in private network namespaces joined by a veth pair\n")
-            with two_hosts() as (server_ns, client_ns):
-                run_demo(server_ns, client_ns, env)
+            with two_hosts() as (server_host, client_host):
+                run_demo(server_host, client_host, env)
         else:
             say(f"p2pnode demo: network namespaces are not available ({reason});")
             say("running the same demo over loopback with direct addresses (no mDNS)\n")

@@ -282,7 +282,15 @@ class MdnsDiscovery:
 
         azc = AsyncZeroconf(ip_version=IPVersion.V4Only)
         self._zeroconf = azc
-        azc.zeroconf.async_add_listener(_record_listener(self), None)  # type: ignore[arg-type]
+        zc = azc.zeroconf
+        # Answer queries at once, as rust-libp2p and js-libp2p do, instead of after the
+        # 20-120 ms random delay RFC 6762 suggests for shared records (zeroconf's default).
+        queue = getattr(zc, "out_queue", None)
+        if queue is not None and hasattr(queue, "_multicast_delay_random_max"):
+            queue._multicast_delay_random_min = 0
+            queue._multicast_delay_random_max = 1
+        zc.async_add_listener(_record_listener(self), None)  # type: ignore[arg-type]
+        await zc.async_wait_for_start()
         self._query()
         addrs = self.advertised_addrs()
         if addrs:

@@ -72,10 +72,10 @@ def _decode_key_protobuf(data: bytes, what: str) -> tuple[KeyType, bytes]:
         raise IdentityError(f"unsupported key type {key_type} in {what}") from None
 
 
-_CURVES_BY_OID = {
-    "2a8648ce3d030107": ec.SECP256R1,
-    "2b81040022": ec.SECP384R1,
-    "2b81040023": ec.SECP521R1,
+_CURVES_BY_OID: dict[str, ec.EllipticCurve] = {
+    "2a8648ce3d030107": ec.SECP256R1(),
+    "2b81040022": ec.SECP384R1(),
+    "2b81040023": ec.SECP521R1(),
 }
 
 
@@ -112,7 +112,7 @@ def _load_sec1_style_ecdsa(raw: bytes) -> ec.EllipticCurvePublicKey:
     curve = _CURVES_BY_OID.get(oid.hex())
     if curve is None or not bits or bits[0] != 0:
         raise ValueError("unsupported ECDSA curve or point encoding")
-    return ec.EllipticCurvePublicKey.from_encoded_point(curve(), bits[1:])
+    return ec.EllipticCurvePublicKey.from_encoded_point(curve, bits[1:])
 
 
 class PublicKey:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from .stream import Stream
 from .transport import Listener, TransportConfig, dial, listen
 
 if TYPE_CHECKING:
+    from .discovery import DiscoveredPeer, DiscoveryEvent, MdnsDiscovery
     from .task_client import TaskResult
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class NodeConfig:
     negotiation_timeout: float = 10.0
     keepalive_interval: float | None = 30.0
     agent_version: str = AGENT_VERSION
+    mdns: bool = False  # advertise and discover peers on the LAN (start() turns it on)
 
 
 class Node:
@@ -85,6 +87,8 @@ class Node:
         self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
         self._event_callbacks: list[Callable[[ConnectionEvent], None]] = []
         self.address_book: dict[PeerId, list[Multiaddr]] = {}
+        self.discovery: MdnsDiscovery | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
         self._stopped = False
         self.set_handler(ping.PROTOCOL_ID, ping.handle_ping)
         self.set_handler(identify.PROTOCOL_ID, self._handle_identify)
@@ -101,6 +105,8 @@ class Node:
         try:
             for addr in listen_addrs:
                 await node.listen(addr)
+            if node.config.mdns:
+                await node.start_discovery()
         except BaseException:
             await node.stop()
             raise
@@ -314,6 +320,36 @@ class Node:
         conn = await self.connect(peer)
         return await conn.new_stream(list(protocols), optimistic=optimistic)
 
+    # -- discovery -----------------------------------------------------------------------
+
+    async def start_discovery(self) -> MdnsDiscovery:
+        """Advertise this node and discover peers with mDNS; discovered addresses are dialable."""
+        from .discovery import MdnsDiscovery, PeerDiscovered
+
+        if self.discovery is None:
+            discovery = MdnsDiscovery(self.peer_id, self.listen_addrs)
+            await discovery.start()
+            self.discovery = discovery
+
+            async def learn_addresses() -> None:
+                async for event in discovery.events():
+                    if isinstance(event, PeerDiscovered):
+                        self.address_book[event.peer.peer_id] = list(event.peer.addrs)
+
+            self._discovery_task = asyncio.create_task(learn_addresses())
+        return self.discovery
+
+    def peers(self) -> list[DiscoveredPeer]:
+        """Peers currently known from mDNS (empty when discovery is off)."""
+        return self.discovery.peers() if self.discovery is not None else []
+
+    async def discovery_events(self) -> AsyncIterator[DiscoveryEvent]:
+        """Discovered / expired events from mDNS, from now on."""
+        if self.discovery is None:
+            raise LocalProtocolError("discovery is off: start the node with NodeConfig(mdns=True)")
+        async for event in self.discovery.events():
+            yield event
+
     # -- built-in protocols ----------------------------------------------------------
 
     async def ping(self, peer: PeerLike, count: int = 1) -> list[float]:
@@ -372,6 +408,11 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        if self._discovery_task is not None:
+            self._discovery_task.cancel()
+            await asyncio.gather(self._discovery_task, return_exceptions=True)
+        if self.discovery is not None:
+            await self.discovery.stop()
         for listener in self._listeners:
             await listener.close()
         self._listeners.clear()

@@ -75,7 +75,9 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    node = await Node.start(identity, options.listen_addrs, NodeConfig(muxers=options.muxers))
+    node = await Node.start(
+        identity, options.listen_addrs, NodeConfig(muxers=options.muxers, mdns=options.mdns)
+    )
 
     def print_connection_event(event: ConnectionEvent) -> None:
         human, fields = _format_event(event)
@@ -92,13 +94,7 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         ),
     )
     server.install()
-    discovery = None
     try:
-        if options.mdns:
-            from .discovery import MdnsDiscovery
-
-            discovery = MdnsDiscovery(node.peer_id, node.listen_addrs)
-            await discovery.start()
         addrs = full_addrs(node)
         out.emit(
             "listening",
@@ -112,8 +108,6 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         out.emit("stopping", "shutting down: finishing running tasks", grace_s=options.grace)
         await server.shutdown(options.grace)
     finally:
-        if discovery is not None:
-            await discovery.stop()
         await node.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

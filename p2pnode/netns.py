@@ -1,0 +1,75 @@
+"""Private network namespaces as stand-in "hosts", for the demo and the tests.
+
+Multicast (mDNS) must never reach a real interface while we demo or test: each host
+here is a network namespace; two are joined by a veth pair, with the multicast
+range routed over it. Needs root (or ``unshare -rn``) and iproute2's ``ip``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import count
+
+_serial = count()
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One namespace: its name and its address on the veth link."""
+
+    name: str
+    ip: str
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        """``command`` wrapped to run inside this namespace."""
+        return ["ip", "netns", "exec", self.name, *command]
+
+
+def _ip(*args: str, netns: str | None = None) -> None:
+    argv = ["ip", *args] if netns is None else ["ip", "netns", "exec", netns, "ip", *args]
+    subprocess.run(argv, check=True, capture_output=True, text=True)
+
+
+def namespaces_unavailable() -> str | None:
+    """None when network namespaces can be made here, else why not."""
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    probe = f"p2pprobe{os.getpid()}"
+    result = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"`ip netns add` failed: {result.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+@contextmanager
+def two_hosts(subnet: str = "10.213") -> Iterator[tuple[Host, Host]]:
+    """Two namespaces joined by a veth pair (``<subnet>.N.1`` and ``.2``), deleted afterwards."""
+    serial = next(_serial)
+    tag = f"{os.getpid() % 100000}x{serial}"
+    third = serial % 250 + 1
+    hosts = (Host(f"p2pa{tag}", f"{subnet}.{third}.1"), Host(f"p2pb{tag}", f"{subnet}.{third}.2"))
+    devices = (f"va{tag}", f"vb{tag}")
+    created: list[str] = []
+    try:
+        for host in hosts:
+            _ip("netns", "add", host.name)
+            created.append(host.name)
+        _ip("link", "add", devices[0], "netns", hosts[0].name, "type", "veth",
+            "peer", "name", devices[1], "netns", hosts[1].name)  # fmt: skip
+        for host, device in zip(hosts, devices, strict=True):
+            _ip("addr", "add", f"{host.ip}/24", "dev", device, netns=host.name)
+            _ip("link", "set", device, "up", "multicast", "on", netns=host.name)
+            _ip("link", "set", "lo", "up", netns=host.name)
+            _ip("route", "add", "224.0.0.0/4", "dev", device, netns=host.name)
+        yield hosts
+    finally:
+        for name in created:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
