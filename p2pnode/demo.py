@@ -41,23 +41,6 @@ def p2pnode_argv(host: Host | None, *args: str) -> list[str]:
     return argv if host is None else host.argv(argv)
 
 
-def p2pnode_argv(host: Host | None, *args: str) -> list[str]:
-    argv = [sys.executable, "-m", "p2pnode", *args]
-    return argv if host is None else host.argv(argv)
-
-
-def read_event(stream: IO[str], kind: str, timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        event: dict[str, Any] = json.loads(line)
-        if event.get("event") == kind:
-            return event
-    raise SystemExit(f"demo: the server did not print a {kind!r} event")
-
-
 def run_demo(server_ns: Host | None, client_ns: Host | None, env: dict[str, str]) -> None:
     serve_args = ["serve", "--ephemeral", "--json", "--exec", "upper=tr a-z A-Z"]
     if server_ns is None:
