@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from p2pnode.identity import Identity
+from p2pnode.netns import Host, two_hosts
 from p2pnode.node import Node, NodeConfig
+
+from .netns import require_netns
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
@@ -33,3 +38,21 @@ async def client() -> AsyncIterator[Node]:
 def addr_of(node: Node) -> str:
     """The first listen address of ``node`` with its /p2p suffix."""
     return str(node.listen_addrs[0].with_peer_id(node.peer_id))
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[Host, Host]]:
+    """Two private network namespaces joined by a veth pair (mDNS stays inside)."""
+    require_netns()
+    with two_hosts() as pair:
+        yield pair
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for p2pnode subprocesses: key files and caches under tmp_path."""
+    return dict(
+        os.environ,
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )
