@@ -1,0 +1,61 @@
+"""The task protocol against a js-libp2p peer that implements it from docs/task-protocol.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pnode.identity import Identity, PeerId
+from p2pnode.node import Node, NodeConfig
+from p2pnode.task import TaskRefusedError, TaskRequest
+from p2pnode.task_handlers import EchoHandler, PythonHandler
+from p2pnode.task_server import TaskServer
+
+from .jspeer import js_dial, start_js_listener
+
+pytestmark = pytest.mark.interop
+
+
+def upper(request: TaskRequest) -> str:
+    return request.input.upper()
+
+
+@pytest.mark.parametrize("muxer", ["yamux", "mplex"])
+async def test_p2pnode_sends_tasks_to_js(muxer: str) -> None:
+    js = await start_js_listener("--muxer", muxer)
+    client = await Node.start(Identity.generate(), [], NodeConfig(muxers=(muxer,)))
+    try:
+        await client.dial(js.addr)
+        peer = PeerId.from_string(js.peer_id)
+        result = await client.send_task(peer, "héllo wörld", kind="upper")
+        assert result.output == "HÉLLO WÖRLD"
+        assert (await client.send_task(peer, "plain")).output == "plain"
+        with pytest.raises(TaskRefusedError) as refused:
+            await client.send_task(peer, "x", kind="no-such-kind")
+        assert refused.value.code == "unknown_kind"
+    finally:
+        await client.stop()
+        await js.stop()
+
+
+@pytest.mark.parametrize("muxer", ["yamux", "mplex"])
+async def test_js_sends_tasks_to_p2pnode(muxer: str) -> None:
+    node = await Node.start(
+        Identity.generate(), ["/ip4/127.0.0.1/tcp/0"], NodeConfig(muxers=(muxer,))
+    )
+    handlers = {"default": EchoHandler(), "upper": PythonHandler(upper)}
+    TaskServer(node, handlers).install()
+    addr = str(node.listen_addrs[0].with_peer_id(node.peer_id))
+    try:
+        ok = await js_dial(addr, "task", "--input", "from js", "--kind", "upper", "--muxer", muxer)
+        assert ok["response"]["output"] == "FROM JS"
+        assert ok["response"]["task_id"].startswith("js-")
+        assert "error" not in ok["response"]
+        refused = await js_dial(addr, "task", "--input", "x", "--kind", "nope", "--muxer", muxer)
+        assert refused["response"]["error"]["code"] == "unknown_kind"
+        assert refused["response"]["output"] == ""
+        timed = await js_dial(
+            addr, "task", "--input", "t", "--timeout-ms", "5000", "--muxer", muxer
+        )
+        assert timed["response"]["output"] == "t"
+    finally:
+        await node.stop()
