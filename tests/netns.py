@@ -38,25 +38,25 @@ class Process:
         )
         self._buffer = b""
 
-    def event(self, kind: str, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
-        """The next JSON line with ``"event": kind`` (and the given fields)."""
+    def event(self, name: str, /, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
+        """The next JSON line with ``"event": name`` (and the given fields)."""
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while True:
             while b"\n" in self._buffer:
                 line, self._buffer = self._buffer.split(b"\n", 1)
                 event = json.loads(line)
-                if event.get("event") == kind and all(event.get(k) == v for k, v in match.items()):
+                if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
                     return dict(event)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {kind!r} event within {timeout}s")
+                raise AssertionError(f"no {name!r} event within {timeout}s")
             ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
             if ready:
                 chunk = os.read(self.proc.stdout.fileno(), 65536)
                 if not chunk:
                     stderr = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise AssertionError(f"process ended before a {kind!r} event: {stderr}")
+                    raise AssertionError(f"process ended before a {name!r} event: {stderr}")
                 self._buffer += chunk
 
     def stop(self) -> int:
