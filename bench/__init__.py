@@ -1,0 +1,1 @@
+"""The p2pnode benchmark suite (make bench)."""
