@@ -1,0 +1,234 @@
+"""The p2pnode contender (bench/CONTRACT.md). ``--uvloop`` runs it on uvloop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from p2pnode import Identity, Node, NodeConfig, Stream
+from p2pnode.task_handlers import EchoHandler
+from p2pnode.task_server import TaskServer
+
+BULK = "/p2pnode/bulk/1.0.0"
+BULK_HEADER = struct.Struct(">QB")
+BLOCK = b"\xa5" * 65536
+
+
+async def bulk_handler(stream: Stream) -> None:
+    size, mode = BULK_HEADER.unpack(await stream.readexactly(BULK_HEADER.size))
+    if mode == 1:
+        view = memoryview(BLOCK)
+        remaining = size
+        while remaining:
+            chunk = view[: min(remaining, len(BLOCK))]
+            await stream.write(chunk)
+            remaining -= len(chunk)
+    else:
+        remaining = size
+        while remaining:
+            chunk = await stream.read()
+            if not chunk:
+                raise RuntimeError("bulk sender stopped early")
+            remaining -= len(chunk)
+        await stream.write(b"\x01")
+    await stream.close()
+
+
+async def serve(muxers: tuple[str, ...]) -> None:
+    node = await Node.start(
+        Identity.generate(), ["/ip4/127.0.0.1/tcp/0"], NodeConfig(muxers=muxers)
+    )
+    handlers = {"default": EchoHandler()}
+    TaskServer(node, handlers, max_concurrent=4096, max_request_size=2 << 20).install()
+    node.set_handler(BULK, bulk_handler)
+    addr = str(node.listen_addrs[0].with_peer_id(node.peer_id))
+    print(json.dumps({"event": "listening", "addr": addr}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    await node.stop()
+
+
+def ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    muxers = tuple(args.muxer.split(","))
+    node = Node(Identity.generate(), NodeConfig(muxers=muxers, keepalive_interval=None))
+    try:
+        return await MEASUREMENTS[args.measurement](node, args)
+    finally:
+        await node.stop()
+
+
+async def connect(node: Node, args: argparse.Namespace) -> dict[str, Any]:
+    samples = []
+    for _ in range(args.n):
+        started = time.perf_counter()
+        conn = await node.dial(args.addr)
+        await conn.new_stream(["/ipfs/ping/1.0.0"])
+        samples.append(ms_since(started))
+        await conn.close()
+    return {"measurement": "connect", "samples_ms": samples}
+
+
+async def ping(node: Node, args: argparse.Namespace) -> dict[str, Any]:
+    conn = await node.dial(args.addr)
+    stream = await conn.new_stream(["/ipfs/ping/1.0.0"])
+    rtts = await _pings(stream, args.n + 20)  # the first 20 warm up
+    return {"measurement": "ping", "samples_ms": rtts[20:]}
+
+
+async def _pings(stream: Stream, count: int) -> list[float]:
+    payload = bytes(32)
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await stream.write(payload)
+        await stream.readexactly(32)
+        samples.append(ms_since(started))
+    return samples
+
+
+async def task(node: Node, args: argparse.Namespace) -> dict[str, Any]:
+    conn = await node.dial(args.addr)
+    text = "x" * args.size
+    for _ in range(min(20, args.n)):
+        await node.send_task(conn.remote_peer, text)
+    samples = []
+    for _ in range(args.n):
+        started = time.perf_counter()
+        await node.send_task(conn.remote_peer, text)
+        samples.append(ms_since(started))
+    return {"measurement": "task", "size": args.size, "samples_ms": samples}
+
+
+async def rate(node: Node, args: argparse.Namespace) -> dict[str, Any]:
+    nodes = [node] + [
+        Node(Identity.generate(), NodeConfig(keepalive_interval=None))
+        for _ in range(args.connections - 1)
+    ]
+    try:
+        peers = [(await n.dial(args.addr)).remote_peer for n in nodes]
+        text = "x" * 64
+        per_connection = args.n // args.connections
+
+        async def worker(n: Node, count: int) -> None:
+            for _ in range(count):
+                await n.send_task(peers[0], text)
+
+        async def run(total: int) -> None:
+            jobs = []
+            for n in nodes:
+                share, extra = divmod(total, args.inflight)
+                jobs += [worker(n, share + (i < extra)) for i in range(args.inflight)]
+            await asyncio.gather(*jobs)
+
+        await run(min(200, per_connection))
+        started = time.perf_counter()
+        await run(per_connection)
+        seconds = time.perf_counter() - started
+    finally:
+        for extra_node in nodes[1:]:
+            await extra_node.stop()
+    return {
+        "measurement": "rate",
+        "tasks": per_connection * args.connections,
+        "inflight": args.inflight,
+        "connections": args.connections,
+        "seconds": seconds,
+    }
+
+
+async def throughput(node: Node, args: argparse.Namespace) -> dict[str, Any]:
+    conn = await node.dial(args.addr)
+    per_stream = args.bytes // args.streams
+
+    async def one(size: int) -> None:
+        stream = await conn.new_stream([BULK])
+        if args.direction == "up":
+            await stream.write(BULK_HEADER.pack(size, 2))
+            view = memoryview(BLOCK)
+            remaining = size
+            while remaining:
+                chunk = view[: min(remaining, len(BLOCK))]
+                await stream.write(chunk)
+                remaining -= len(chunk)
+            await stream.readexactly(1)
+        else:
+            await stream.write(BULK_HEADER.pack(size, 1))
+            await stream.close_write()
+            remaining = size
+            while remaining:
+                chunk = await stream.read()
+                if not chunk:
+                    raise RuntimeError("bulk source stopped early")
+                remaining -= len(chunk)
+        await stream.close()
+
+    await asyncio.gather(*(one(min(per_stream, 4 << 20)) for _ in range(args.streams)))
+    started = time.perf_counter()
+    await asyncio.gather(*(one(per_stream) for _ in range(args.streams)))
+    seconds = time.perf_counter() - started
+    return {
+        "measurement": "throughput",
+        "bytes": per_stream * args.streams,
+        "streams": args.streams,
+        "direction": args.direction,
+        "seconds": seconds,
+    }
+
+
+MEASUREMENTS: dict[str, Callable[[Node, argparse.Namespace], Awaitable[dict[str, Any]]]] = {
+    "connect": connect,
+    "ping": ping,
+    "task": task,
+    "rate": rate,
+    "throughput": throughput,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--muxer", default="yamux")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    sub.add_parser("server")
+    client = sub.add_parser("client")
+    client.add_argument("addr")
+    client.add_argument("measurement", choices=sorted(MEASUREMENTS))
+    client.add_argument("--n", type=int, default=100)
+    client.add_argument("--size", type=int, default=64)
+    client.add_argument("--inflight", type=int, default=1)
+    client.add_argument("--connections", type=int, default=1)
+    client.add_argument("--bytes", type=int, default=64 << 20)
+    client.add_argument("--streams", type=int, default=1)
+    client.add_argument("--direction", choices=["up", "down"], default="up")
+    args = parser.parse_args()
+    runner: Callable[[Any], Any] = asyncio.run
+    if args.uvloop:
+        import uvloop
+
+        runner = uvloop.run
+    try:
+        if args.mode == "server":
+            runner(serve(tuple(args.muxer.split(","))))
+        else:
+            print(json.dumps(runner(measure(args))), flush=True)
+    except Exception as exc:
+        print(json.dumps({"event": "error", "message": f"{type(exc).__name__}: {exc}"}))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
