@@ -62,7 +62,7 @@ class FloorServer(asyncio.Protocol):
             size, mode = BULK_HEADER.unpack_from(self.buffer)
             data = bytes(self.buffer[BULK_HEADER.size :])
             if mode == 1:
-                asyncio.ensure_future(self._send(size))
+                self.sender = asyncio.ensure_future(self._send(size))
                 return
             self.bulk_remaining = size
         self.bulk_remaining -= len(data)
@@ -177,8 +177,13 @@ async def rate(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     await asyncio.gather(*(pipeline(r, w, per_connection) for r, w in conns))
     seconds = time.perf_counter() - started
-    return {"measurement": "rate", "tasks": per_connection * args.connections,
-            "inflight": args.inflight, "connections": args.connections, "seconds": seconds}  # fmt: skip
+    result = {"measurement": "rate", "tasks": per_connection * args.connections}
+    return {
+        **result,
+        "inflight": args.inflight,
+        "connections": args.connections,
+        "seconds": seconds,
+    }
 
 
 async def throughput(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,8 +214,9 @@ async def throughput(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(one(min(per_stream, 4 << 20)) for _ in range(args.streams)))
     started = time.perf_counter()
     await asyncio.gather(*(one(per_stream) for _ in range(args.streams)))
-    return {"measurement": "throughput", "bytes": per_stream * args.streams, "streams": args.streams,
-            "direction": args.direction, "seconds": time.perf_counter() - started}  # fmt: skip
+    seconds = time.perf_counter() - started
+    result = {"measurement": "throughput", "bytes": per_stream * args.streams}
+    return {**result, "streams": args.streams, "direction": args.direction, "seconds": seconds}
 
 
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, Any]]]] = {
