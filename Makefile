@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 JS_DIR := tests/interop/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
 
-.PHONY: venv js-peer lint typecheck test test-fast demo bench bench-quick clean
+.PHONY: venv js-peer lint typecheck test test-fast demo bench bench-setup bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,24 @@ test-fast: venv
 demo: venv
 	$(PY) -m p2pnode.demo
 
-bench: venv js-peer
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_JS_STAMP := bench/js/node_modules/.installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,fast,bench]'
+	touch $(BENCH_STAMP)
+
+$(BENCH_JS_STAMP): bench/js/package.json
+	cd bench/js && npm install --no-audit --no-fund --loglevel=error
+	touch $(BENCH_JS_STAMP)
+
+bench-setup: $(BENCH_STAMP) $(BENCH_JS_STAMP)
+	bash bench/contenders/install_pylibp2p.sh
+
+bench: bench-setup
 	$(PY) -m bench.run
 
-bench-quick: venv js-peer
+bench-quick: bench-setup
 	$(PY) -m bench.run --quick
 
 clean:

@@ -148,6 +148,17 @@ def main(verbose: int) -> None:
     """p2pnode: a libp2p-compatible peer-to-peer task exchange."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise_open_file_limit()
+
+
+def raise_open_file_limit() -> None:
+    """A node holds a socket per connection: allow as many as the hard limit permits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 @main.command("id")
@@ -377,13 +388,17 @@ def send_task_command(
 @main.command("peers")
 @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to listen.")
 @click.option("--identify/--no-identify", default=True, help="Ask each peer what it serves.")
+@click.option("--watch", is_flag=True, help="Print discovered/expired events as they happen.")
 @json_option
-def peers_command(timeout: float, identify: bool, as_json: bool) -> None:
-    """List the peers found on the local network with mDNS."""
-    from .sendtask import list_peers
+def peers_command(timeout: float, identify: bool, watch: bool, as_json: bool) -> None:
+    """List the peers found on the local network with mDNS (or --watch them come and go)."""
+    from .sendtask import list_peers, watch_peers
 
     out = Output(as_json)
-    run_async(lambda: list_peers(out, timeout=timeout, identify=identify), out)
+    if watch:
+        run_async(lambda: watch_peers(out, timeout=timeout), out)
+    else:
+        run_async(lambda: list_peers(out, timeout=timeout, identify=identify), out)
 
 
 if __name__ == "__main__":

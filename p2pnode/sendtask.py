@@ -118,6 +118,28 @@ async def send_task_cli(
         sys.stdout.flush()
 
 
+async def watch_peers(out: Output, *, timeout: float) -> None:
+    """``p2pnode peers --watch``: print discovery events as they happen, for ``timeout`` seconds."""
+    discovery = MdnsDiscovery(Identity.generate().peer_id, [])
+    await discovery.start()
+    out.emit("ready", "watching for peers (mDNS)")
+    try:
+        async with asyncio.timeout(timeout):
+            async for event in discovery.events():
+                if isinstance(event, PeerDiscovered):
+                    addrs = [str(a) for a in event.peer.addrs]
+                    peer = str(event.peer.peer_id)
+                    out.emit("discovered", f"+ {peer} {' '.join(addrs)}", peer_id=peer,
+                             addrs=addrs, at=time.time())  # fmt: skip
+                else:
+                    peer = str(event.peer_id)
+                    out.emit("expired", f"- {peer}", peer_id=peer, at=time.time())
+    except TimeoutError:
+        pass
+    finally:
+        await discovery.stop()
+
+
 async def list_peers(out: Output, *, timeout: float, identify: bool) -> None:
     """``p2pnode peers``: listen for mDNS announcements for ``timeout`` seconds and list peers."""
     node = Node(Identity.generate(), NodeConfig(keepalive_interval=None))

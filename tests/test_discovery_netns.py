@@ -7,7 +7,6 @@ reaches a real interface. Under P2PNODE_REQUIRE_NETNS=1 (CI) they fail rather th
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,6 @@ from .interop.jspeer import PEER_SCRIPT, require_js_peer
 from .netns import Process, p2pnode, run_json
 
 pytestmark = pytest.mark.netns
-WATCHER = str(Path(__file__).parent / "mdns_watch.py")
 
 
 def serve(host: Host, env: dict[str, str], *args: str) -> tuple[Process, dict]:
@@ -63,7 +61,7 @@ def test_send_task_by_peer_id_uses_mdns_then_the_cache(
 
 def test_a_peer_that_stops_says_goodbye(hosts: tuple[Host, Host], cli_env: dict[str, str]) -> None:
     a, b = hosts
-    watcher = Process(b.argv([sys.executable, WATCHER]), cli_env)
+    watcher = Process(p2pnode(b, "peers", "--watch", "--json", "--timeout", "60"), cli_env)
     try:
         watcher.event("ready")
         server, listening = serve(a, cli_env)

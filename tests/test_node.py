@@ -196,3 +196,18 @@ async def test_yamux_keepalive_ping_measures_rtt(server: Node, client: Node) -> 
     conn = await client.dial(addr_of(server))
     rtt = await conn.ping()
     assert 0 < rtt < 5
+
+
+def test_the_stack_runs_on_uvloop() -> None:
+    import uvloop
+
+    async def scenario() -> None:
+        server = await start_node()
+        client = await start_node(muxers=("mplex",))
+        try:
+            assert len(await client.ping(addr_of(server), count=2)) == 2
+        finally:
+            await client.stop()
+            await server.stop()
+
+    uvloop.run(scenario())

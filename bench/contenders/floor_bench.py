@@ -15,7 +15,7 @@ import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -31,8 +31,8 @@ class FloorServer(asyncio.Protocol):
     """One connection; the first byte says what it is for."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
         self.kind: bytes | None = None
         self.decoder = FrameDecoder(2 << 20)
         self.buffer = bytearray()

@@ -1,0 +1,247 @@
+"""Turns a benchmark run into a Markdown table (with ratios and targets) and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+P2P = "p2pnode (asyncio)"
+FLOOR = "floor (asyncio)"
+PYLIBP2P = "py-libp2p 0.8.1"
+JS = "js-libp2p 3.3.11"
+
+LATENCY_ROWS = [
+    ("connect", "connection set-up (TCP+multistream+Noise+muxer)"),
+    ("ping", "ping round trip"),
+    ("task_64", "task round trip, 64 B"),
+    ("task_1k", "task round trip, 1 KiB"),
+    ("task_64k", "task round trip, 64 KiB"),
+    ("task_1m", "task round trip, 1 MiB"),
+]
+RATIO_HEADER = " | p2pnode/floor | p2pnode/py-libp2p | p2pnode/js |"
+THROUGHPUT_ROWS = [
+    ("throughput_1_up", "1 stream, client to server"),
+    ("throughput_1_down", "1 stream, server to client"),
+    ("throughput_16_up", "16 streams, client to server"),
+    ("throughput_16_down", "16 streams, server to client"),
+]
+RATE_ROWS = [
+    ("rate_1", "1 in flight, 1 connection"),
+    ("rate_16", "16 in flight, 1 connection"),
+    ("rate_64", "64 in flight, 1 connection"),
+    ("rate_32conn", "32 connections, 2 in flight each"),
+]
+
+
+def _result(data: dict[str, Any], contender: str, key: str) -> dict[str, Any] | None:
+    entry = data["contenders"].get(contender, {}).get("results", {}).get(key)
+    return entry if entry and "error" not in entry else None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def targets(data: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, passed) for every target in the issue."""
+
+    def p50(contender: str, key: str) -> float | None:
+        entry = _result(data, contender, key)
+        return entry["p50_ms"] if entry else None
+
+    def value(contender: str, key: str, field: str) -> float | None:
+        entry = _result(data, contender, key)
+        return entry[field] if entry else None
+
+    task, floor_task = p50(P2P, "task_64"), p50(FLOOR, "task_64")
+    task_p99 = value(P2P, "task_64", "p99_ms")
+    ping, floor_ping = p50(P2P, "ping"), p50(FLOOR, "ping")
+    connect = p50(P2P, "connect")
+    mbps = value(P2P, "throughput_1_up", "mb_per_s")
+    mbps_down = value(P2P, "throughput_1_down", "mb_per_s")
+    one_stream = min(x for x in (mbps, mbps_down) if x) if mbps or mbps_down else None
+    py_up = value(PYLIBP2P, "throughput_1_up", "mb_per_s")
+    rate64 = value(P2P, "rate_64", "tasks_per_s")
+    system = data["p2pnode_system"]
+    discovery = system.get("discovery", {}).get("fresh_process_resolve_ms", {}).get("p50")
+    startup = system["startup_ms"]["p50"]
+    per_conn = system.get("rss_per_idle_connection_kb")
+
+    def within(measured: float | None, limit: float, at_least: bool = False) -> bool | None:
+        if measured is None:
+            return None
+        return measured >= limit if at_least else measured <= limit
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    return [
+        ("task 64 B p50 <= 4x floor", _ratio(task, floor_task), within(ratio(task, floor_task), 4)),
+        ("task 64 B p99 <= 1 ms", f"{_fmt(task_p99)} ms", within(task_p99, 1)),
+        ("ping p50 <= 1.6x floor", _ratio(ping, floor_ping), within(ratio(ping, floor_ping), 1.6)),
+        ("connection set-up p50 <= 3 ms", f"{_fmt(connect)} ms", within(connect, 3)),
+        (
+            "one-stream throughput >= 1 GB/s (both ways)",
+            f"{_fmt(one_stream)} MB/s",
+            within(one_stream, 1000, at_least=True),
+        ),
+        (
+            "one-stream throughput >= 7x py-libp2p",
+            _ratio(mbps, py_up),
+            within(ratio(mbps, py_up), 7, at_least=True),
+        ),
+        (">= 10,000 tasks/s with 64 in flight", f"{_fmt(rate64)} /s", within(rate64, 10000, True)),
+        (
+            "discovery: fresh process resolves a peer <= 100 ms p50",
+            f"{_fmt(discovery)} ms",
+            within(discovery, 100),
+        ),
+        ("start to listening <= 150 ms", f"{_fmt(startup)} ms", within(startup, 150)),
+        (
+            "idle RSS <= 40 MB",
+            f"{_fmt(system['idle_rss_mb'])} MB",
+            within(system["idle_rss_mb"], 40),
+        ),
+        ("<= 20 KB RSS per idle connection", f"{_fmt(per_conn)} KB", within(per_conn, 20)),
+    ]
+
+
+def markdown(data: dict[str, Any]) -> str:
+    names = [n for n, c in data["contenders"].items() if c["available"]]
+    machine = data["machine"]
+    lines = [
+        f"# p2pnode benchmarks, {data['date']}" + (" (quick run)" if data["quick"] else ""),
+        "",
+        f"Machine: {machine['cores']} cores, Python {machine['python']}, Node {machine['node']}, "
+        f"{machine['platform']}. Client and server in separate processes on loopback.",
+        "",
+        "## Latency (ms, p50 / p99)",
+        "",
+        "| figure | " + " | ".join(names) + RATIO_HEADER,
+        "|---" * (len(names) + 4) + "|",
+    ]
+    for key, label in LATENCY_ROWS:
+        cells = []
+        for name in names:
+            entry = _result(data, name, key)
+            cells.append(f"{_fmt(entry['p50_ms'])} / {_fmt(entry['p99_ms'])}" if entry else "n/a")
+        mine = _result(data, P2P, key)
+        ratios = [
+            _ratio(mine["p50_ms"] if mine else None, (e or {}).get("p50_ms"))
+            for e in (
+                _result(data, FLOOR, key),
+                _result(data, PYLIBP2P, key),
+                _result(data, JS, key),
+            )
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
+    for title, rows, field in (
+        ("Throughput (MB/s)", THROUGHPUT_ROWS, "mb_per_s"),
+        ("Tasks per second", RATE_ROWS, "tasks_per_s"),
+    ):
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| figure | "
+            + " | ".join(names)
+            + " | p2pnode/floor | p2pnode/py-libp2p | p2pnode/js |",
+            "|---" * (len(names) + 4) + "|",
+        ]
+        for key, label in rows:
+            cells = [_fmt((_result(data, n, key) or {}).get(field)) for n in names]
+            mine = (_result(data, P2P, key) or {}).get(field)
+            ratios = [
+                _ratio(mine, (_result(data, other, key) or {}).get(field))
+                for other in (FLOOR, PYLIBP2P, JS)
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
+    lines += [
+        "",
+        "## CPU per task (µs of user+sys, 16 in flight)",
+        "",
+        "| contender | server | client |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        entry = _result(data, name, "rate_16")
+        if entry:
+            cpu = entry["cpu_us_per_task"]
+            lines.append(f"| {name} | {_fmt(cpu['server'])} | {_fmt(cpu['client'])} |")
+    system = data["p2pnode_system"]
+    discovery = system.get("discovery", {})
+    lines += [
+        "",
+        "## p2pnode process figures",
+        "",
+        f"- process start to `listening`: p50 {_fmt(system['startup_ms']['p50'])} ms",
+        f"- idle RSS: {_fmt(system['idle_rss_mb'])} MB; with {system['idle_connections']} idle "
+        f"connections: +{_fmt(system['rss_per_idle_connection_kb'])} KB per connection",
+    ]
+    if "skipped" in discovery:
+        lines.append(f"- discovery: skipped ({discovery['skipped']})")
+    elif discovery:
+        lines += [
+            f"- discovery ({discovery['runs']} runs, two network namespaces): a running peer sees "
+            f"a new node {_fmt(discovery['seen_after_process_start_ms']['p50'])} ms after its "
+            f"process starts ({_fmt(discovery['seen_after_listening_ms']['p50'])} ms after it "
+            "listens); a fresh `send-task <peer-id>` process resolves its peer in "
+            f"{_fmt(discovery['fresh_process_resolve_ms']['p50'])} ms (p50)",
+        ]
+    lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
+    for target, measured, passed in targets(data):
+        mark = "n/a" if passed is None else ("PASS" if passed else "FAIL")
+        lines.append(f"| {target} | {measured} | {mark} |")
+    missing = [f"{n}: {c['why_not']}" for n, c in data["contenders"].items() if not c["available"]]
+    if missing:
+        lines += ["", "Not measured: " + "; ".join(missing)]
+    lines.append(f"\nThe run took {data['seconds']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def plots(data: dict[str, Any], stem: Path) -> list[Path]:
+    """A task-latency distribution and a throughput bar chart, every contender side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, c in data["contenders"].items() if c["available"]]
+    latency = stem.with_name(stem.name + "-task-latency.png")
+    fig, ax = plt.subplots(figsize=(9, 5))
+    series = [(n, _result(data, n, "task_64")) for n in names]
+    series = [(n, e["samples_ms"]) for n, e in series if e]
+    ax.boxplot([s for _, s in series], whis=(1, 99), showfliers=False)
+    ax.set_xticks(range(1, len(series) + 1), [n for n, _ in series], rotation=15)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (log scale)")
+    ax.set_title("Task round trip, 64 B, new stream per task (box: p25-p75, whiskers: p1-p99)")
+    fig.tight_layout()
+    fig.savefig(latency, dpi=110)
+    plt.close(fig)
+
+    throughput = stem.with_name(stem.name + "-throughput.png")
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = [(_result(data, name, key) or {}).get("mb_per_s", 0) for key, _ in THROUGHPUT_ROWS]
+        ax.bar([x + i * width for x in range(len(THROUGHPUT_ROWS))], values, width, label=name)
+    ax.set_xticks(
+        [x + width * (len(names) - 1) / 2 for x in range(len(THROUGHPUT_ROWS))],
+        [label for _, label in THROUGHPUT_ROWS],
+    )
+    ax.set_ylabel("MB/s")
+    ax.set_title("Throughput on one connection")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(throughput, dpi=110)
+    plt.close(fig)
+    return [latency, throughput]

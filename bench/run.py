@@ -1,0 +1,243 @@
+"""``make bench`` / ``make bench-quick``: every contender, every figure, one run.
+
+Servers and clients run as separate processes (bench/CONTRACT.md). Results go to
+``bench/results/<date>.json`` and ``.md`` plus two PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import report, system
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+PYLIBP2P = ROOT / "bench" / ".contenders" / "pylibp2p-venv" / "bin" / "python"
+
+
+@dataclass
+class Contender:
+    """A program implementing bench/CONTRACT.md."""
+
+    name: str
+    argv: list[str]
+    available: bool = True
+    why_not: str = ""
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def contenders() -> list[Contender]:
+    p2pnode = [PY, "-m", "bench.contenders.p2pnode_bench"]
+    floor = [PY, "-m", "bench.contenders.floor_bench"]
+    found = [
+        Contender("floor (asyncio)", floor),
+        Contender("floor (uvloop)", [*floor, "--uvloop"]),
+        Contender("p2pnode (asyncio)", p2pnode),
+        Contender("p2pnode (uvloop)", [*p2pnode, "--uvloop"]),
+    ]
+    script = ROOT / "bench" / "contenders" / "pylibp2p_bench.py"
+    py = Contender("py-libp2p 0.8.1", [str(PYLIBP2P), str(script)])
+    if not PYLIBP2P.exists() or not script.exists():
+        py.available, py.why_not = False, "not installed (bench/contenders/install_pylibp2p.sh)"
+    found.append(py)
+    js = Contender("js-libp2p 3.3.11", ["node", str(ROOT / "bench" / "js" / "bench.mjs")])
+    if shutil.which("node") is None or not (ROOT / "bench/js/node_modules/libp2p").is_dir():
+        js.available, js.why_not = False, "not installed (cd bench/js && npm install)"
+    found.append(js)
+    return found
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Server:
+    """A contender's server process, its address and its CPU time (from /proc)."""
+
+    def __init__(self, contender: Contender) -> None:
+        self.proc = subprocess.Popen(
+            [*contender.argv, "server"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{contender.name} server did not start")
+        self.addr: str = json.loads(line)["addr"]
+
+    def cpu_seconds(self) -> float:
+        return system.process_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_client(contender: Contender, server: Server, *args: str) -> tuple[dict[str, Any], float]:
+    """Run one measurement; return its result and the client's CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(
+        [*contender.argv, "client", server.addr, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        message = lines[-1].get("message") if lines else result.stderr[-300:]
+        raise RuntimeError(f"{' '.join(args)}: {message}")
+    return lines[-1], cpu
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "min_ms": ordered[0],
+    }
+
+
+def plan(quick: bool) -> list[tuple[str, list[str]]]:
+    """(figure key, client arguments) for every measurement."""
+    scale = 0.1 if quick else 1.0
+
+    def n(count: int) -> str:
+        return str(max(10, int(count * scale)))
+
+    big = str(32 << 20 if quick else 256 << 20)
+    steps = [
+        ("connect", ["connect", "--n", n(200)]),
+        ("ping", ["ping", "--n", n(5000)]),
+        ("task_64", ["task", "--n", n(3000), "--size", "64"]),
+        ("task_1k", ["task", "--n", n(2000), "--size", "1024"]),
+        ("task_64k", ["task", "--n", n(500), "--size", "65536"]),
+        ("task_1m", ["task", "--n", n(50), "--size", "1048576"]),
+        ("throughput_1_up", ["throughput", "--bytes", big, "--streams", "1", "--direction", "up"]),
+        (
+            "throughput_1_down",
+            ["throughput", "--bytes", big, "--streams", "1", "--direction", "down"],
+        ),
+        (
+            "throughput_16_up",
+            ["throughput", "--bytes", big, "--streams", "16", "--direction", "up"],
+        ),
+        (
+            "throughput_16_down",
+            ["throughput", "--bytes", big, "--streams", "16", "--direction", "down"],
+        ),
+        ("rate_1", ["rate", "--n", n(5000), "--inflight", "1"]),
+        ("rate_16", ["rate", "--n", n(20000), "--inflight", "16"]),
+        ("rate_64", ["rate", "--n", n(20000), "--inflight", "64"]),
+        ("rate_32conn", ["rate", "--n", n(20000), "--inflight", "2", "--connections", "32"]),
+    ]
+    return steps
+
+
+def measure(contender: Contender, quick: bool) -> None:
+    server = Server(contender)
+    try:
+        for key, args in plan(quick):
+            progress(f"  {contender.name:20} {key:20} ...")
+            cpu_before = server.cpu_seconds()
+            try:
+                result, client_cpu = run_client(contender, server, *args)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                contender.results[key] = {"error": str(exc)[:300]}
+                progress(f"    failed: {exc}")
+                continue
+            server_cpu = server.cpu_seconds() - cpu_before
+            if "samples_ms" in result:
+                entry: dict[str, Any] = summarize(result["samples_ms"])
+                entry["samples_ms"] = result["samples_ms"]
+            elif result["measurement"] == "rate":
+                entry = {"tasks_per_s": result["tasks"] / result["seconds"], **result}
+                entry["cpu_us_per_task"] = {
+                    "server": server_cpu / result["tasks"] * 1e6,
+                    "client": client_cpu / result["tasks"] * 1e6,
+                }
+            else:
+                entry = {"mb_per_s": result["bytes"] / result["seconds"] / 1e6, **result}
+            contender.results[key] = entry
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
+    parser.add_argument("--only", help="comma-separated contender name prefixes")
+    args = parser.parse_args()
+    started = time.monotonic()
+    everyone = contenders()
+    if args.only:
+        prefixes = args.only.split(",")
+        everyone = [c for c in everyone if any(c.name.startswith(p) for p in prefixes)]
+    for contender in everyone:
+        if not contender.available:
+            progress(f"skipping {contender.name}: {contender.why_not}")
+            continue
+        progress(f"{contender.name}")
+        try:
+            measure(contender, args.quick)
+        except RuntimeError as exc:
+            contender.available, contender.why_not = False, str(exc)
+    progress("p2pnode start-up, memory and discovery ...")
+    extra = system.p2pnode_system_figures(quick=args.quick)
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    data = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "node": system.node_version(),
+        },
+        "contenders": {
+            c.name: {"available": c.available, "why_not": c.why_not, "results": c.results}
+            for c in everyone
+        },
+        "p2pnode_system": extra,
+        "seconds": time.monotonic() - started,
+    }
+    name = f"{stamp}-quick" if args.quick else stamp
+    json_path = out_dir / f"{name}.json"
+    json_path.write_text(json.dumps(data, indent=1))
+    markdown = report.markdown(data)
+    (out_dir / f"{name}.md").write_text(markdown)
+    plots = report.plots(data, out_dir / name)
+    print(markdown)
+    print(f"\nwrote {json_path}, {json_path.with_suffix('.md')} and {', '.join(map(str, plots))}")
+
+
+if __name__ == "__main__":
+    main()
