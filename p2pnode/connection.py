@@ -236,7 +236,7 @@ class Connection(asyncio.Protocol):
 
     # -- the hot path --------------------------------------------------------
 
-    def _receive_plaintext(self, plaintext: bytes) -> None:
+    def _receive_plaintext(self, plaintext: bytes | bytearray) -> None:
         try:
             events = self._muxer.receive_data(plaintext)
         except RemoteProtocolError as exc:

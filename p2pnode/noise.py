@@ -182,73 +182,116 @@ class NoiseHandshake:
 
 
 class NoiseTransport:
-    """Encrypts and decrypts libp2p Noise transport messages."""
+    """Encrypts and decrypts libp2p Noise transport messages.
 
-    __slots__ = ("_buffer", "_decrypt", "_encrypt", "_recv_nonce", "_send_nonce")
+    Hot path: ciphertext is written straight into one preallocated buffer per call
+    (``encrypt_into``) and plaintext likewise (``decrypt_into``); only the tail of a
+    message split across reads is kept between calls.
+    """
+
+    __slots__ = ("_aead_in", "_aead_out", "_partial", "_recv_nonce", "_send_nonce")
 
     def __init__(self, send_key: bytes, receive_key: bytes, initial: bytes = b"") -> None:
-        self._encrypt = ChaCha20Poly1305(send_key).encrypt
-        self._decrypt = ChaCha20Poly1305(receive_key).decrypt
+        self._aead_out = ChaCha20Poly1305(send_key)
+        self._aead_in = ChaCha20Poly1305(receive_key)
         self._send_nonce = 0
         self._recv_nonce = 0
-        self._buffer = bytearray(initial)
+        self._partial = bytearray(initial)
 
-    def encrypt(self, data: Buffer) -> bytes:
+    def encrypt(self, data: Buffer) -> bytes | bytearray:
         """Framed ciphertext for ``data``, split into messages of at most 65535 bytes."""
         size = len(data)
-        if size <= MAX_PLAINTEXT:
-            if not size:
-                return b""
-            return self._seal(data)
-        view = memoryview(data)
-        return b"".join(
-            self._seal(view[offset : offset + MAX_PLAINTEXT])
-            for offset in range(0, size, MAX_PLAINTEXT)
-        )
-
-    def _seal(self, chunk: Buffer) -> bytes:
+        if not size:
+            return b""
+        chunks = -(-size // MAX_PLAINTEXT)
         nonce = self._send_nonce
-        if nonce >= _MAX_NONCE:
+        if nonce + chunks >= _MAX_NONCE:
             raise HandshakeError("Noise send nonce exhausted: open a new connection")
-        self._send_nonce = nonce + 1
-        ciphertext = self._encrypt(_NONCE.pack(nonce), chunk, None)
-        return _LENGTH.pack(len(ciphertext)) + ciphertext
-
-    def receive_data(self, data: Buffer) -> bytes:
-        """Plaintext of every complete message in ``data`` (and earlier leftovers)."""
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            source: Buffer = buffer
-        else:
-            source = data
-        view = memoryview(source)
-        end = len(view)
+        out = bytearray(size + chunks * (2 + TAG_SIZE))
+        view, src = memoryview(out), memoryview(data).cast("B")
+        encrypt_into = self._aead_out.encrypt_into
         pos = 0
-        plaintexts: list[bytes] = []
-        decrypt = self._decrypt
+        for offset in range(0, size, MAX_PLAINTEXT):
+            chunk = src[offset : offset + MAX_PLAINTEXT]
+            sealed = len(chunk) + TAG_SIZE
+            _LENGTH.pack_into(out, pos, sealed)
+            encrypt_into(_NONCE.pack(nonce), chunk, None, view[pos + 2 : pos + 2 + sealed])
+            nonce += 1
+            pos += 2 + sealed
+        self._send_nonce = nonce
+        return out
+
+    def receive_data(self, data: Buffer) -> bytes | bytearray:
+        """Plaintext of every complete message in ``data`` (and earlier leftovers)."""
+        view = memoryview(data).cast("B")
+        partial = self._partial
+        head: bytes | bytearray = b""
+        if partial:
+            # Complete the message split across reads with just the bytes it still needs.
+            if len(partial) < 2:
+                take = 2 - len(partial)
+                partial += view[:take]
+                view = view[take:]
+                if len(partial) < 2:
+                    return b""
+            missing = 2 + _LENGTH.unpack_from(partial)[0] - len(partial)
+            partial += view[:missing]
+            view = view[missing:]
+            if len(partial) < 2 + _LENGTH.unpack_from(partial)[0]:
+                return b""
+            head = self._open_all(partial, len(partial))
+            partial.clear()
+        end = self._complete_length(view)
+        body = self._open_all(view, end) if end else b""
+        if end < len(view):
+            partial += view[end:]
+        if head:
+            return head + body if body else head
+        return body
+
+    @staticmethod
+    def _complete_length(view: memoryview) -> int:
+        """How many leading bytes of ``view`` form complete messages."""
+        pos, end = 0, len(view)
+        unpack = _LENGTH.unpack_from
         while end - pos >= 2:
-            (size,) = _LENGTH.unpack_from(view, pos)
+            size = unpack(view, pos)[0]
             if end - pos - 2 < size:
                 break
+            pos += 2 + size
+        return pos
+
+    def _open_all(self, source: Buffer, end: int) -> bytearray:
+        """Decrypt the complete messages in ``source[:end]`` into one buffer."""
+        view = memoryview(source)
+        sizes: list[int] = []
+        pos = 0
+        while pos < end:
+            size = _LENGTH.unpack_from(view, pos)[0]
             if size < TAG_SIZE:
                 raise DecodeError(f"Noise message of {size} bytes is shorter than its tag")
-            nonce = self._recv_nonce
-            if nonce >= _MAX_NONCE:
-                raise DecodeError("Noise receive nonce exhausted")
+            sizes.append(size)
+            pos += 2 + size
+        nonce = self._recv_nonce
+        if nonce + len(sizes) >= _MAX_NONCE:
+            raise DecodeError("Noise receive nonce exhausted")
+        out = bytearray(pos - len(sizes) * (2 + TAG_SIZE))
+        target = memoryview(out)
+        decrypt_into = self._aead_in.decrypt_into
+        pos = written = 0
+        for size in sizes:
+            plain = size - TAG_SIZE
             try:
-                plaintexts.append(decrypt(_NONCE.pack(nonce), view[pos + 2 : pos + 2 + size], None))
+                decrypt_into(
+                    _NONCE.pack(nonce), view[pos + 2 : pos + 2 + size], None,
+                    target[written : written + plain],
+                )  # fmt: skip
             except InvalidTag:
                 raise DecodeError(
                     "Noise message failed authentication (corrupt or forged)"
                 ) from None
-            self._recv_nonce = nonce + 1
+            nonce += 1
             pos += 2 + size
-        view.release()
-        if source is buffer:
-            del buffer[:pos]
-        elif pos < end:
-            buffer += memoryview(data)[pos:]
-        if len(plaintexts) == 1:
-            return plaintexts[0]
-        return b"".join(plaintexts)
+            written += plain
+        self._recv_nonce = nonce
+        return out

@@ -108,7 +108,7 @@ class _HandshakeProtocol(asyncio.Protocol):
         self._buffer.clear()
         return data
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         assert self.transport is not None
         self.transport.write(data)
 
