@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import (
@@ -33,6 +34,7 @@ class Stream:
         "_eof",
         "_error",
         "_negotiation",
+        "_on_fail",
         "_read_waiter",
         "_readable",
         "_write_closed",
@@ -54,6 +56,7 @@ class Stream:
         self._write_waiter: asyncio.Future[None] | None = None
         # Set while an optimistic multistream answer is still due (see Connection.new_stream).
         self._negotiation: MultistreamDialer | None = None
+        self._on_fail: list[Callable[[Exception], object]] | None = None
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} {self.protocol or '?'} to {self._conn.remote_peer}>"
@@ -67,6 +70,20 @@ class Stream:
     def remote_peer(self) -> PeerId:
         """The authenticated PeerId at the other end."""
         return self._conn.remote_peer
+
+    @property
+    def failed(self) -> Exception | None:
+        """Why the stream broke (reset by either side, or its connection lost); None if not."""
+        return self._error
+
+    def on_fail(self, callback: Callable[[Exception], object]) -> None:
+        """Call ``callback(error)`` once if the stream is reset or its connection is lost."""
+        if self._error is not None:
+            callback(self._error)
+        elif self._on_fail is None:
+            self._on_fail = [callback]
+        else:
+            self._on_fail.append(callback)
 
     @property
     def at_eof(self) -> bool:
@@ -179,6 +196,9 @@ class Stream:
     def _fail(self, error: Exception) -> None:
         if self._error is None:
             self._error = error
+            callbacks, self._on_fail = self._on_fail, None
+            for callback in callbacks or ():
+                callback(error)
         self._write_closed = True
         self._wake_reader()
         self._wake_writer()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .errors import DecodeError
+from .errors import DecodeError, StreamResetError
 from .framing import encode_frame, read_frame
 from .task import (
     DEFAULT_KIND,
@@ -58,8 +58,11 @@ async def send_task(
             connected = time.perf_counter()
             stream = await conn.new_stream([PROTOCOL_ID], optimistic=True)
             try:
-                await stream.write(encode_frame(encode_request(request)))
-                await stream.close_write()
+                try:
+                    await stream.write(encode_frame(encode_request(request)))
+                    await stream.close_write()
+                except StreamResetError:
+                    pass  # refused before it read everything: its answer may be buffered
                 body = await read_frame(stream, max_response_size)
             except BaseException:
                 stream.reset()

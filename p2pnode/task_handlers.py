@@ -120,7 +120,8 @@ class PythonHandler:
     def __init__(self, func: Callable[[TaskRequest], Any], name: str = "") -> None:
         self.func = func
         self.name = name or getattr(func, "__qualname__", repr(func))
-        self._is_async = inspect.iscoroutinefunction(func)
+        call = getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        self._is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
 
     async def run(self, request: TaskRequest) -> str:
         if self._is_async:

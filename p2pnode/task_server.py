@@ -83,8 +83,9 @@ def format_log_json(record: TaskLogRecord) -> str:
 
 
 class _Rejected(Exception):
-    def __init__(self, response: TaskResponse) -> None:
+    def __init__(self, response: TaskResponse, *, unread: bool = False) -> None:
         self.response = response
+        self.unread = unread  # the peer may still be sending a request we will not read
 
 
 class TaskServer:
@@ -145,18 +146,22 @@ class TaskServer:
         self._active += 1
         self._idle.clear()
         request: TaskRequest | None = None
+        unread = False
         try:
             try:
                 request = await self._read_request(stream)
                 self._admit(request, stream.remote_peer)
                 started = time.perf_counter()  # latency_ms is the handler's time
-                output = await self._run(request)
+                output = await self._run(request, stream)
                 response = TaskResponse(request.task_id, output, _elapsed_ms(started))
             except _Rejected as rejected:
                 response = rejected.response
                 response.latency_ms = _elapsed_ms(started)
+                unread = rejected.unread
             await stream.write(encode_frame(encode_response(response)))
             await stream.close()
+            if unread and not stream.at_eof:
+                stream.reset()  # after the answer: stop the rest of an oversized request
         except P2PError as exc:  # the stream broke: nobody to answer
             response = error_response(
                 request.task_id if request else "", ErrorCode.FAILED, f"stream failed: {exc}"
@@ -181,8 +186,8 @@ class TaskServer:
                         body = messages[0]
                         break
         except MessageTooLargeError as exc:
-            await stream.close()  # read no further
-            raise _Rejected(error_response("", ErrorCode.TOO_LARGE, str(exc))) from None
+            response = error_response("", ErrorCode.TOO_LARGE, str(exc))
+            raise _Rejected(response, unread=True) from None
         except TimeoutError:
             raise _Rejected(
                 error_response(
@@ -215,12 +220,13 @@ class TaskServer:
         if len(self._running) >= self.max_concurrent:
             raise reject(ErrorCode.BUSY, f"{self.max_concurrent} tasks are already running")
 
-    async def _run(self, request: TaskRequest) -> str:
+    async def _run(self, request: TaskRequest, stream: Stream) -> str:
         timeout = request.timeout_ms / 1000 if request.timeout_ms else None
         if self.max_timeout is not None:
             timeout = min(timeout or self.max_timeout, self.max_timeout)
         task = asyncio.ensure_future(self.handlers[request.kind].run(request))
         self._running.add(task)
+        stream.on_fail(lambda _: task.cancel())  # nobody left to answer: stop the work
         try:
             async with asyncio.timeout(timeout):
                 output = await asyncio.shield(task)
@@ -231,6 +237,8 @@ class TaskServer:
                 error_response(request.task_id, ErrorCode.TIMEOUT, f"handler ran over {timeout}s")
             ) from None
         except asyncio.CancelledError:
+            if task.cancelled() and stream.failed is not None:
+                raise stream.failed from None
             if not task.cancelled() or not self._shutting_down:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
