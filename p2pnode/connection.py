@@ -99,6 +99,12 @@ class Connection(asyncio.Protocol):
         return self._close_reason is not None
 
     @property
+    def protocol_error(self) -> RemoteProtocolError | None:
+        """The peer's protocol violation that closed this connection, if that is why."""
+        reason = self._close_reason
+        return reason if isinstance(reason, RemoteProtocolError) else None
+
+    @property
     def is_usable(self) -> bool:
         """True while new streams may be opened on this connection."""
         return self._close_reason is None and not self._remote_goaway

@@ -13,6 +13,7 @@ mplex has no flow control. Received data a stream has not consumed is bounded by
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -32,6 +33,8 @@ from .muxer import (
     StreamReset,
 )
 from .varint import decode_uvarint, encode_uvarint
+
+log = logging.getLogger(__name__)
 
 PROTOCOL_ID = "/mplex/6.7.0"
 
@@ -147,7 +150,10 @@ class MplexSession:
         key = number * 2 + (1 if flag % 2 == 0 else 0)
         stream = self._streams.get(key)
         if stream is None:
-            return  # a stream already reset or closed here: frames may still be in flight
+            # A stream already reset or closed here (frames may still be in flight), or one
+            # that never existed: neither harms another stream, so only note it.
+            log.debug("ignoring mplex flag %d for unknown stream %d", flag, number)
+            return
         if flag in (MplexFlag.MESSAGE_RECEIVER, MplexFlag.MESSAGE_INITIATOR):
             if stream.remote_closed:
                 self._reset(key, events, "peer sent data after closing the stream")

@@ -229,9 +229,15 @@ class Node:
         if not conns:
             self._connections.pop(conn.remote_peer, None)
         direction = "outbound" if conn.is_initiator else "inbound"
+        violation = conn.protocol_error
         self._emit(
             ConnectionEvent(
-                "disconnected", conn.remote_peer, conn.remote_addr, direction, conn.muxer_protocol
+                "disconnected",
+                conn.remote_peer,
+                conn.remote_addr,
+                direction,
+                conn.muxer_protocol,
+                f"protocol violation: {violation}" if violation else None,
             )
         )
 

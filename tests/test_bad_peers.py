@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from p2pnode.errors import HandshakeError, P2PError
 from p2pnode.identity import Identity
+from p2pnode.mplex import PROTOCOL_ID as MPLEX_ID
+from p2pnode.mplex import MplexSession
 from p2pnode.multistream import MultistreamDialer, encode_message
+from p2pnode.muxer import StreamData, StreamReset
 from p2pnode.node import ConnectionEvent, Node, NodeConfig
 from p2pnode.noise import NoiseHandshake
+from p2pnode.ping import PROTOCOL_ID as PING_ID
 from p2pnode.transport import TransportConfig, _HandshakeProtocol, _negotiate_security_dialer
+from p2pnode.varint import encode_uvarint
 from p2pnode.yamux import PROTOCOL_ID as YAMUX_ID
 
 from .conftest import LOOPBACK, addr_of, start_node
@@ -198,3 +204,121 @@ async def test_yamux_window_violation_closes_only_that_connection(
         raw.write(secure.encrypt(yamux_frame(0, 0, 1, len(block)) + block))  # type: ignore[attr-defined]
     assert await expect_goaway_and_close(raw, secure) == 1
     await assert_still_serves(node)
+
+
+# -- mplex ------------------------------------------------------------------------------
+
+
+class RawMplex:
+    """Our side of an mplex connection driven by hand: MplexSession frames, raw bytes too."""
+
+    def __init__(self, raw: _HandshakeProtocol, secure: Any) -> None:
+        self.raw, self.secure = raw, secure
+        self.session = MplexSession(is_initiator=True)
+        self.events: list[object] = []
+
+    def send_raw(self, frame: bytes) -> None:
+        self.raw.write(self.secure.encrypt(frame))
+
+    def flush(self) -> None:
+        self.send_raw(self.session.data_to_send())
+
+    async def until(self, found: Callable[[list[object]], bool]) -> None:
+        async with asyncio.timeout(5):
+            while not found(self.events):
+                self.events += self.session.receive_data(
+                    self.secure.receive_data(await self.raw.receive())
+                )
+
+    async def ping(self) -> None:
+        """One libp2p ping on a new stream of this connection."""
+        key = self.session.open_stream()
+        payload = bytes(range(32))
+        proposal = encode_message("/multistream/1.0.0") + encode_message(PING_ID)
+        self.session.send(key, proposal + payload)
+        self.flush()
+        expected = proposal + payload  # the listener echoes the header, the protocol, the ping
+
+        def echoed(events: list[object]) -> bool:
+            data = b"".join(
+                e.data for e in events if isinstance(e, StreamData) and e.stream_id == key
+            )
+            return data == expected
+
+        await self.until(echoed)
+
+
+async def raw_mplex(node: Node) -> RawMplex:
+    raw = await raw_connect(node)
+    config = TransportConfig(identity=Identity.generate(), muxers=(MPLEX_ID,))
+    upgraded = await _negotiate_security_dialer(raw, config, node.peer_id)
+    assert upgraded.muxer_id == MPLEX_ID
+    return RawMplex(raw, upgraded.secure)
+
+
+def mplex_frame(number: int, flag: int, length: int, payload: bytes = b"") -> bytes:
+    return encode_uvarint(number << 3 | flag) + encode_uvarint(length) + payload
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        pytest.param(mplex_frame(0, 7, 0), "unknown mplex flag 7", id="unknown-flag"),
+        pytest.param(mplex_frame(0, 2, 2 << 20), "exceeds", id="oversized-length"),
+        pytest.param(
+            mplex_frame(0, 0, 1, b"0") + mplex_frame(0, 0, 1, b"0"), "twice", id="opened-twice"
+        ),
+    ],
+)
+async def test_mplex_violations_close_only_that_connection(
+    watched_server: tuple[Node, list[ConnectionEvent]], frame: bytes, reason: str
+) -> None:
+    node, events = watched_server
+    bystander = await Node.start(Identity.generate(), [LOOPBACK], NodeConfig(muxers=("mplex",)))
+    try:
+        await bystander.dial(addr_of(node))
+        peer = await raw_mplex(node)
+        await peer.ping()  # the connection works before the violation
+        peer.send_raw(frame)
+        await read_until_closed(peer.raw)
+        assert len(await bystander.ping(node.peer_id)) == 1  # the other connection still works
+    finally:
+        await bystander.stop()
+    closed = [e for e in events if e.kind == "disconnected" and reason in (e.error or "")]
+    assert closed, f"no disconnect naming {reason!r} in {events}"
+    await assert_still_serves(node)
+
+
+async def test_mplex_frame_for_unknown_stream_is_ignored(
+    watched_server: tuple[Node, list[ConnectionEvent]],
+) -> None:
+    node, _ = watched_server
+    peer = await raw_mplex(node)
+    peer.send_raw(mplex_frame(41, 2, 4, b"data") + mplex_frame(42, 4, 0) + mplex_frame(43, 6, 0))
+    await peer.ping()  # the same connection goes on working
+
+
+async def test_mplex_stream_over_its_buffer_is_reset_alone(
+    watched_server: tuple[Node, list[ConnectionEvent]],
+) -> None:
+    """mplex has no flow control: a stream nobody reads is reset past its buffer limit."""
+    node, _ = watched_server
+    held = asyncio.Event()
+
+    async def never_reads(stream: object) -> None:
+        held.set()
+        await asyncio.Event().wait()
+
+    node.set_handler("/test/never-reads", never_reads)
+    peer = await raw_mplex(node)
+    key = peer.session.open_stream()
+    proposal = encode_message("/multistream/1.0.0") + encode_message("/test/never-reads")
+    peer.session.send(key, proposal)
+    peer.flush()
+    await asyncio.wait_for(held.wait(), 5)
+    block = b"\0" * (1 << 20)
+    for _ in range(5):  # 5 MiB > the 4 MiB default buffer
+        peer.session.send(key, block)
+        peer.flush()
+    await peer.until(lambda events: any(isinstance(e, StreamReset) for e in events))
+    await peer.ping()  # only that stream was reset
