@@ -1,9 +1,13 @@
 """An upgraded connection: asyncio drives the Noise transport and a muxer session.
 
 This is the thin asyncio edge of the stack (compare aioquic's
-``asyncio/protocol.py``): ``data_received`` feeds the sans-I/O cores, events
-wake :class:`~p2pnode.stream.Stream` objects, and everything the cores want to
-send is flushed once per loop iteration.
+``asyncio/protocol.py``): each read feeds the sans-I/O cores, events wake
+:class:`~p2pnode.stream.Stream` objects, and everything the cores want to send
+is flushed once per loop iteration.
+
+Reads go into one receive buffer and one plaintext buffer shared by every
+connection of a thread (``buffer_updated`` consumes them before the loop reads
+again), so the receive path allocates only the payload each stream is handed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -45,8 +50,25 @@ log = logging.getLogger(__name__)
 
 InboundStreamHandler = Callable[[Stream], Coroutine[Any, Any, None]]
 
+RECEIVE_BUFFER_SIZE = 256 * 1024  # what asyncio's selector loop reads at most per call
+FLUSH_THRESHOLD = 64 * 1024  # queued payload that is encrypted and written at once
+WRITE_BUFFER_HIGH = 1024 * 1024  # unsent bytes in the transport before writers wait
 
-class Connection(asyncio.Protocol):
+
+class _ReadBuffers(threading.local):
+    """One socket buffer and one plaintext buffer per thread, reused by every read."""
+
+    def __init__(self) -> None:
+        self.socket = bytearray(RECEIVE_BUFFER_SIZE)
+        self.socket_view = memoryview(self.socket)
+        # a read can also complete a message left over from the previous one
+        self.plaintext = bytearray(RECEIVE_BUFFER_SIZE + 65536)
+
+
+_buffers = _ReadBuffers()
+
+
+class Connection(asyncio.BufferedProtocol):
     """A secure, multiplexed connection to one authenticated peer."""
 
     def __init__(
@@ -77,6 +99,7 @@ class Connection(asyncio.Protocol):
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
         self._flush_handle: asyncio.Handle | None = None
+        self._unflushed = 0  # payload bytes queued in the muxer since the last flush
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed = asyncio.Event()
@@ -203,15 +226,20 @@ class Connection(asyncio.Protocol):
     def start(self, initial_plaintext: bytes) -> None:
         """Take over the transport; feed bytes that arrived during the upgrade."""
         self._transport.set_protocol(self)
+        self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         if initial_plaintext:
             self._receive_plaintext(initial_plaintext)
         self._arm_keepalive()
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _buffers.socket_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffers = _buffers
         try:
-            plaintext = self._secure.receive_data(data)
+            plaintext = self._secure.receive_into(buffers.socket_view[:nbytes], buffers.plaintext)
         except RemoteProtocolError as exc:
             self._abort(exc)
             return
@@ -242,7 +270,7 @@ class Connection(asyncio.Protocol):
 
     # -- the hot path --------------------------------------------------------
 
-    def _receive_plaintext(self, plaintext: bytes | bytearray) -> None:
+    def _receive_plaintext(self, plaintext: bytes | bytearray | memoryview) -> None:
         try:
             events = self._muxer.receive_data(plaintext)
         except RemoteProtocolError as exc:
@@ -304,6 +332,7 @@ class Connection(asyncio.Protocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        self._unflushed = 0
         out = self._muxer.data_to_send()
         if out and not self._transport.is_closing():
             self._transport.write(self._secure.encrypt(out))
@@ -319,7 +348,11 @@ class Connection(asyncio.Protocol):
                 stream._fail(exc)
             raise
         if sent:
-            self._schedule_flush()
+            self._unflushed += sent
+            if self._unflushed >= FLUSH_THRESHOLD:
+                self._flush()  # bulk data: let the transport push back (pause_writing) now
+            else:
+                self._schedule_flush()  # small writes of one loop iteration go out together
         return sent
 
     def _consumed(self, stream_id: int, size: int) -> None:

@@ -223,9 +223,18 @@ class NoiseTransport:
 
     def receive_data(self, data: Buffer) -> bytes | bytearray:
         """Plaintext of every complete message in ``data`` (and earlier leftovers)."""
+        plaintext = self.receive_into(data, None)
+        return plaintext if isinstance(plaintext, bytearray) else plaintext.tobytes()
+
+    def receive_into(self, data: Buffer, scratch: bytearray | None) -> bytearray | memoryview:
+        """Like :meth:`receive_data`, but decrypt into ``scratch`` when it is large enough.
+
+        The result is then a view of ``scratch``, valid until ``scratch`` is reused: the
+        hot path decrypts every read into one buffer instead of allocating per read.
+        """
         view = memoryview(data).cast("B")
         partial = self._partial
-        head: bytes | bytearray = b""
+        head: list[int] = []
         if partial:
             # Complete the message split across reads with just the bytes it still needs.
             if len(partial) < 2:
@@ -233,52 +242,52 @@ class NoiseTransport:
                 partial += view[:take]
                 view = view[take:]
                 if len(partial) < 2:
-                    return b""
+                    return bytearray()
             missing = 2 + _LENGTH.unpack_from(partial)[0] - len(partial)
             partial += view[:missing]
             view = view[missing:]
-            if len(partial) < 2 + _LENGTH.unpack_from(partial)[0]:
-                return b""
-            head = self._open_all(partial, len(partial))
+            head, _ = self._scan(partial)
+            if not head:
+                return bytearray()
+        body, end = self._scan(view)
+        size = sum(head) + sum(body) - (len(head) + len(body)) * TAG_SIZE
+        if scratch is not None and len(scratch) >= size:
+            target = memoryview(scratch)[:size]
+        else:
+            scratch = bytearray(size)
+            target = memoryview(scratch)
+        written = self._open(partial, head, target, 0) if head else 0
+        self._open(view, body, target, written)
+        if head:
             partial.clear()
-        end = self._complete_length(view)
-        body = self._open_all(view, end) if end else b""
         if end < len(view):
             partial += view[end:]
-        if head:
-            return head + body if body else head
-        return body
+        return scratch if len(scratch) == size else target
 
     @staticmethod
-    def _complete_length(view: memoryview) -> int:
-        """How many leading bytes of ``view`` form complete messages."""
+    def _scan(view: Buffer) -> tuple[list[int], int]:
+        """Sizes of the complete messages at the start of ``view``, and where they end."""
+        sizes: list[int] = []
         pos, end = 0, len(view)
         unpack = _LENGTH.unpack_from
         while end - pos >= 2:
             size = unpack(view, pos)[0]
             if end - pos - 2 < size:
                 break
-            pos += 2 + size
-        return pos
-
-    def _open_all(self, source: Buffer, end: int) -> bytearray:
-        """Decrypt the complete messages in ``source[:end]`` into one buffer."""
-        view = memoryview(source)
-        sizes: list[int] = []
-        pos = 0
-        while pos < end:
-            size = _LENGTH.unpack_from(view, pos)[0]
             if size < TAG_SIZE:
                 raise DecodeError(f"Noise message of {size} bytes is shorter than its tag")
             sizes.append(size)
             pos += 2 + size
+        return sizes, pos
+
+    def _open(self, source: Buffer, sizes: list[int], target: memoryview, written: int) -> int:
+        """Decrypt the messages of ``sizes`` at the start of ``source`` into ``target``."""
         nonce = self._recv_nonce
         if nonce + len(sizes) >= _MAX_NONCE:
             raise DecodeError("Noise receive nonce exhausted")
-        out = bytearray(pos - len(sizes) * (2 + TAG_SIZE))
-        target = memoryview(out)
+        view = memoryview(source)
         decrypt_into = self._aead_in.decrypt_into
-        pos = written = 0
+        pos = 0
         for size in sizes:
             plain = size - TAG_SIZE
             try:
@@ -294,4 +303,4 @@ class NoiseTransport:
             pos += 2 + size
             written += plain
         self._recv_nonce = nonce
-        return out
+        return written

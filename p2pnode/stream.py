@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from .identity import PeerId
 
 
+_WRITE_PIECE = 64 * 1024  # a large write is queued in pieces so the socket can push back
+
+
 class Stream:
     """A bidirectional byte stream to one peer, with half-close and reset.
 
@@ -93,7 +96,10 @@ class Stream:
     # -- reading -----------------------------------------------------------
 
     async def read(self, max_bytes: int = -1) -> bytes:
-        """Return up to ``max_bytes`` (all buffered if -1) once some arrive; ``b""`` at EOF."""
+        """Return the next bytes received (at most ``max_bytes`` if given); ``b""`` at EOF.
+
+        Data comes back in the pieces it arrived in, uncopied: no joining of pieces.
+        """
         if self._negotiation is not None:
             await self._finish_negotiation()
         while not self._chunks:
@@ -106,10 +112,6 @@ class Stream:
         if 0 <= max_bytes < len(chunk):
             self._chunks.appendleft(chunk[max_bytes:])
             chunk = chunk[:max_bytes]
-        elif max_bytes < 0 and self._chunks:
-            self._chunks.appendleft(chunk)
-            chunk = b"".join(self._chunks)
-            self._chunks.clear()
         self._readable -= len(chunk)
         self._conn._consumed(self.stream_id, len(chunk))
         return chunk
@@ -224,18 +226,20 @@ class Stream:
                 raise self._error
             if self._write_closed:
                 raise StreamClosedError(f"cannot write to {self!r}: it is closed for writing")
-            sent = conn._send(self.stream_id, view)
+            sent = conn._send(self.stream_id, view[:_WRITE_PIECE])
             view = view[sent:]
+            if conn._write_paused:
+                await conn._drained()  # the socket is behind: queue no more than it holds
             if not view:
                 break
-            waiter = conn._loop.create_future()
+            if sent:
+                continue
+            waiter = conn._loop.create_future()  # no flow-control credit: wait for some
             self._write_waiter = waiter
             try:
                 await waiter
             finally:
                 self._write_waiter = None
-        if conn._write_paused:
-            await conn._drained()
 
     async def close_write(self) -> None:
         """Half-close: tell the peer we will send nothing more. Reading still works."""

@@ -216,21 +216,20 @@ class YamuxSession:
         """
         if self._error is not None:
             raise RemoteProtocolError(self._error)
-        if type(data) is not bytes:
-            data = bytes(data)  # payloads are then sliced from immutable bytes
+        view = memoryview(data).cast("B")  # each payload is copied out exactly once
         events: list[MuxerEvent] = []
         offset = 0
         if self._rbuf:
-            offset = self._complete_pending(data, events)
+            offset = self._complete_pending(view, events)
             if self._rbuf:
                 return events
-        end = self._parse(data, offset, events)
-        if end < len(data):
+        end = self._parse(view, offset, events)
+        if end < len(view):
             # Only the tail of an incomplete frame is kept; whole frames never are.
-            self._rbuf = bytearray(memoryview(data)[end:])
+            self._rbuf = bytearray(view[end:])
         return events
 
-    def _parse(self, buf: bytes, offset: int, events: list[MuxerEvent]) -> int:
+    def _parse(self, buf: memoryview, offset: int, events: list[MuxerEvent]) -> int:
         """Handle every complete frame in ``buf[offset:]``; return the offset after the last."""
         size = len(buf)
         streams = self._streams
@@ -261,13 +260,14 @@ class YamuxSession:
                 stream.recv_window -= length
                 if length:
                     stream.unconsumed += length
-                    events.append(data_event(stream_id, buf[start:end]))
+                    events.append(data_event(stream_id, buf[start:end].tobytes()))
             else:
-                self._on_stream_frame(_DATA, flags, stream_id, length, buf[start:end], events)
+                payload = buf[start:end].tobytes()
+                self._on_stream_frame(_DATA, flags, stream_id, length, payload, events)
             offset = end
         return offset
 
-    def _complete_pending(self, data: bytes, events: list[MuxerEvent]) -> int:
+    def _complete_pending(self, data: memoryview, events: list[MuxerEvent]) -> int:
         """Move into the buffer only what completes its partial frame, and handle that frame.
 
         Returns how many bytes of ``data`` were used; the buffer is empty afterwards
@@ -286,7 +286,7 @@ class YamuxSession:
             if length > self._target_window:
                 self._data_too_long(length)
             take = min(12 + length - len(rbuf), len(data) - used)
-            rbuf += memoryview(data)[used : used + take]
+            rbuf += data[used : used + take]
             used += take
             if len(rbuf) < 12 + length:
                 return used
