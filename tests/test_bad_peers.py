@@ -180,11 +180,11 @@ async def test_yamux_violations_close_only_that_connection(
     await assert_still_serves(node)
 
 
-async def test_yamux_window_violation_closes_only_that_connection(
-    watched_server: tuple[Node, list],
-) -> None:
-    """A peer that sends more than the window it was granted on a stream nobody reads."""
-    node, _ = watched_server
+NEVER_READS_PROPOSAL = encode_message("/multistream/1.0.0") + encode_message("/test/never-reads")
+
+
+def serve_never_reads(node: Node) -> asyncio.Event:
+    """Serve a protocol whose handler never reads; the event is set once a stream arrives."""
     held = asyncio.Event()
 
     async def never_reads(stream: object) -> None:
@@ -192,8 +192,17 @@ async def test_yamux_window_violation_closes_only_that_connection(
         await asyncio.Event().wait()
 
     node.set_handler("/test/never-reads", never_reads)
+    return held
+
+
+async def test_yamux_window_violation_closes_only_that_connection(
+    watched_server: tuple[Node, list],
+) -> None:
+    """A peer that sends more than the window it was granted on a stream nobody reads."""
+    node, _ = watched_server
+    held = serve_never_reads(node)
     raw, secure = await secure_raw_connection(node)
-    proposal = encode_message("/multistream/1.0.0") + encode_message("/test/never-reads")
+    proposal = NEVER_READS_PROPOSAL
     raw.write(
         secure.encrypt(yamux_frame(1, 1, 1, 0) + yamux_frame(0, 0, 1, len(proposal), proposal))
     )  # type: ignore[attr-defined]
@@ -303,16 +312,10 @@ async def test_mplex_stream_over_its_buffer_is_reset_alone(
 ) -> None:
     """mplex has no flow control: a stream nobody reads is reset past its buffer limit."""
     node, _ = watched_server
-    held = asyncio.Event()
-
-    async def never_reads(stream: object) -> None:
-        held.set()
-        await asyncio.Event().wait()
-
-    node.set_handler("/test/never-reads", never_reads)
+    held = serve_never_reads(node)
     peer = await raw_mplex(node)
     key = peer.session.open_stream()
-    proposal = encode_message("/multistream/1.0.0") + encode_message("/test/never-reads")
+    proposal = NEVER_READS_PROPOSAL
     peer.session.send(key, proposal)
     peer.flush()
     await asyncio.wait_for(held.wait(), 5)

@@ -78,13 +78,6 @@ async def make_server() -> AsyncIterator[MakeServer]:
         await node.stop()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[Node]:
-    node = await start_node()
-    yield node
-    await node.stop()
-
-
 async def raw_exchange(client: Node, server: TaskServer, payload: bytes) -> TaskResponse:
     """Send ``payload`` as-is on a task stream, half-close, decode the answer."""
     stream = await client.new_stream(addr_of(server.node), [PROTOCOL_ID])
