@@ -165,3 +165,29 @@ def test_bad_arguments_are_explained(cli_env: dict[str, str]) -> None:
     assert bad_addr.returncode == 1 and "must start with '/'" in bad_addr.stderr
     bad_exec = run(cli_env, "serve", "--no-mdns", "--ephemeral", "--handler", "nosuchmodule:f")
     assert bad_exec.returncode == 1 and "cannot import" in bad_exec.stderr
+
+
+def test_allow_list_and_python_handler(cli_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "agent_tools.py").write_text(
+        "def shout(request):\n    return request.input.upper() + '!'\n"
+    )
+    allowed_env = dict(cli_env, XDG_CONFIG_HOME=str(tmp_path / "allowed"))
+    other_env = dict(cli_env, XDG_CONFIG_HOME=str(tmp_path / "other"))
+    allowed_id = json.loads(run(allowed_env, "id", "--json").stdout)["peer_id"]
+    allow_file = tmp_path / "allow.txt"
+    allow_file.write_text(f"# agents we trust\n{allowed_id}\n\n")
+    proc = Process(
+        [*P2PNODE, "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--json",
+         "--ephemeral", "--allow-file", str(allow_file), "--handler", "agent_tools:shout"],
+        dict(cli_env, PYTHONPATH=str(tmp_path)),
+    )  # fmt: skip
+    try:
+        addr = proc.event("listening")["addrs"][0]
+        assert run(allowed_env, "send-task", addr, "hi").stdout == "HI!\n"
+        refused = run(other_env, "send-task", addr, "hi")
+        assert refused.returncode == 6 and "unauthorized" in refused.stderr
+        assert "--allow" in refused.stderr  # it says what to do
+        log = proc.event("task", outcome="unauthorized")
+        assert log["peer"] != allowed_id
+    finally:
+        assert proc.stop() == 0
