@@ -164,3 +164,31 @@ def test_any_bytes_to_a_handshake_give_our_error_or_progress(data: bytes) -> Non
 def test_any_bytes_to_a_transport_give_our_error_or_nothing(data: bytes) -> None:
     with contextlib.suppress(P2PError):
         NoiseTransport(b"k" * 32, b"k" * 32).receive_data(data)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=70000), min_size=1, max_size=4),
+    st.lists(st.integers(1, 300000), max_size=8),
+    st.integers(0, 200000),
+)
+def test_receive_into_a_reused_buffer_matches_receive_data(
+    messages: list[bytes], cuts: list[int], scratch_size: int
+) -> None:
+    """The hot path decrypts into one reused buffer (or a new one when it is too small)."""
+    initiator, responder = handshake()
+    a = initiator.transport()
+    fast = responder.transport()
+    ciphertext = b"".join(a.encrypt(m) for m in messages)
+    points = sorted({c % (len(ciphertext) + 1) for c in cuts})
+    pieces = [
+        ciphertext[s:e] for s, e in zip([0, *points], [*points, len(ciphertext)], strict=True)
+    ]
+    scratch = bytearray(b"\xee" * scratch_size)
+    received = bytearray()
+    for piece in pieces:
+        plaintext = fast.receive_into(piece, scratch)
+        if isinstance(plaintext, memoryview):
+            assert plaintext.obj is scratch  # decrypted in place, not copied
+        received += plaintext
+    assert received == b"".join(messages)
