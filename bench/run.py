@@ -159,7 +159,21 @@ def plan(quick: bool, contender_scale: float = 1.0) -> list[tuple[str, list[str]
         ("rate_64", ["rate", "--n", n(20000), "--inflight", "64"]),
         ("rate_32conn", ["rate", "--n", n(20000), "--inflight", "2", "--connections", "32"]),
     ]
+    if quick:  # the figures the targets and the CPU table need, fewer of them
+        steps = [step for step in steps if step[0] in QUICK_FIGURES]
     return steps
+
+
+QUICK_FIGURES = {
+    "connect",
+    "ping",
+    "task_64",
+    "task_1m",
+    "throughput_1_up",
+    "throughput_1_down",
+    "rate_16",
+    "rate_64",
+}
 
 
 def measure(contender: Contender, quick: bool) -> None:
