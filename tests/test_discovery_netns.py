@@ -135,7 +135,15 @@ def test_js_libp2p_and_p2pnode_find_each_other(
         server, listening = serve(b, cli_env)
         try:
             seen = js.event("discovered", peer_id=listening["peer_id"], timeout=20)
-            assert any(addr.startswith(f"/ip4/{b.ip}/") for addr in seen["addrs"])
+            found_addr = next(x for x in seen["addrs"] if x.startswith(f"/ip4/{b.ip}/"))
+            if "/p2p/" not in found_addr:
+                found_addr += f"/p2p/{listening['peer_id']}"
+            # ... and, at the address it found, pings p2pnode and runs a task on it.
+            js_dial = [js_node, str(PEER_SCRIPT), "dial", found_addr]
+            (pinged,) = run_json(a.argv([*js_dial, "ping", "--count", "2"]), cli_env)
+            assert pinged["event"] == "ping" and len(pinged["rtts_ms"]) == 2
+            (tasked,) = run_json(a.argv([*js_dial, "task", "--input", "from js"]), cli_env)
+            assert tasked["response"]["output"] == "from js"
         finally:
             assert server.stop() == 0
     finally:
