@@ -120,7 +120,7 @@ def load_identity(path: str | None, ephemeral: bool) -> Identity:
 
 def full_addrs(node: Node) -> list[str]:
     """The node's dialable listen addresses, each ending in /p2p/<id>."""
-    from .discovery import expand_wildcards
+    from .addresses import expand_wildcards
 
     return [str(a.with_peer_id(node.peer_id)) for a in expand_wildcards(node.listen_addrs)]
 

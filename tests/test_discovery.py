@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from p2pnode import discovery
+from p2pnode import addresses
+from p2pnode.addresses import expand_wildcards
 from p2pnode.discovery import (
     PeerCache,
     PeerDiscovered,
     PeerExpired,
     PeerTable,
     encode_txt,
-    expand_wildcards,
     parse_txt,
     peer_from_txt,
 )
@@ -118,7 +118,7 @@ def test_wildcards_become_interface_addresses(monkeypatch: pytest.MonkeyPatch) -
     import ipaddress
 
     monkeypatch.setattr(
-        discovery,
+        addresses,
         "interface_ips",
         lambda: [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.1.2.3")],
     )
@@ -129,7 +129,13 @@ def test_wildcards_become_interface_addresses(monkeypatch: pytest.MonkeyPatch) -
         Multiaddr.from_string("/ip4/10.1.2.3/tcp/8"),
     ]
     assert expand_wildcards(explicit, for_link=True) == explicit[1:]
-    monkeypatch.setattr(discovery, "interface_ips", lambda: [ipaddress.ip_address("127.0.0.1")])
+
+    def no_enumeration() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        raise AssertionError("interfaces enumerated for explicit addresses")
+
+    monkeypatch.setattr(addresses, "interface_ips", no_enumeration)
+    assert expand_wildcards(explicit) == explicit  # start-up cost only when needed
+    monkeypatch.setattr(addresses, "interface_ips", lambda: [ipaddress.ip_address("127.0.0.1")])
     assert expand_wildcards([Multiaddr.from_string("/ip4/0.0.0.0/tcp/7")]) == [
         Multiaddr.from_string("/ip4/127.0.0.1/tcp/7")
     ]
