@@ -82,7 +82,35 @@ def _check_header(message: str) -> None:
         )
 
 
-class MultistreamDialer:
+class _Negotiation:
+    """What both sides share: the message reader, the outcome, the bytes after it."""
+
+    def __init__(self) -> None:
+        self._header_seen = False
+        self._reader = _MessageReader()
+        self._leftover = b""
+        self.selected: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once a protocol was agreed."""
+        return self.selected is not None
+
+    def leftover(self) -> bytes:
+        """Bytes received after the agreement; they belong to the selected protocol."""
+        return self._leftover
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self.done:
+            raise DecodeError("negotiation already finished")
+        self._reader.feed(data)
+
+    def _select(self, protocol: str) -> None:
+        self.selected = protocol
+        self._leftover = self._reader.rest()
+
+
+class MultistreamDialer(_Negotiation):
     """The side that proposes protocols, in order of preference.
 
     With ``optimistic=True`` (one protocol only) the caller may send application
@@ -94,18 +122,10 @@ class MultistreamDialer:
             raise ValueError("offer at least one protocol")
         if optimistic and len(protocols) != 1:
             raise ValueError("optimistic negotiation needs exactly one protocol")
+        super().__init__()
         self._protocols = list(protocols)
         self._optimistic = optimistic
         self._index = 0
-        self._header_seen = False
-        self._reader = _MessageReader()
-        self._leftover = b""
-        self.selected: str | None = None
-
-    @property
-    def done(self) -> bool:
-        """True once the listener accepted a protocol."""
-        return self.selected is not None
 
     def initial_bytes(self) -> bytes:
         """The header and the first proposal, to send in one write."""
@@ -113,9 +133,7 @@ class MultistreamDialer:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
         """Feed the listener's bytes; return what to send next (the next proposal, or b"")."""
-        if self.done:
-            raise DecodeError("negotiation already finished")
-        self._reader.feed(data)
+        self._feed(data)
         out = b""
         while (message := self._reader.next_message()) is not None:
             if not self._header_seen:
@@ -124,8 +142,7 @@ class MultistreamDialer:
                 continue
             proposed = self._protocols[self._index]
             if message == proposed:
-                self.selected = proposed
-                self._leftover = self._reader.rest()
+                self._select(proposed)
                 break
             if message != NOT_AVAILABLE:
                 raise DecodeError(f"unexpected multistream answer {message[:64]!r} to {proposed}")
@@ -137,32 +154,20 @@ class MultistreamDialer:
             out += encode_message(self._protocols[self._index])
         return out
 
-    def leftover(self) -> bytes:
-        """Bytes received after the listener's answer; they belong to the selected protocol."""
-        return self._leftover
 
-
-class MultistreamListener:
+class MultistreamListener(_Negotiation):
     """The side that accepts one of the dialer's proposals."""
 
     def __init__(self, supported: Callable[[str], bool] | Collection[str]) -> None:
+        super().__init__()
         if callable(supported):
             self._supports = supported
             self._listing: list[str] = []
         else:
             self._listing = sorted(supported)
             self._supports = set(supported).__contains__
-        self._header_seen = False
         self._header_sent = False
         self._refusals = 0
-        self._reader = _MessageReader()
-        self._leftover = b""
-        self.selected: str | None = None
-
-    @property
-    def done(self) -> bool:
-        """True once a protocol was accepted."""
-        return self.selected is not None
 
     def initial_bytes(self) -> bytes:
         """Our header, for callers that want to send it before the dialer's arrives."""
@@ -171,9 +176,7 @@ class MultistreamListener:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
         """Feed the dialer's bytes; return our answers."""
-        if self.done:
-            raise DecodeError("negotiation already finished")
-        self._reader.feed(data)
+        self._feed(data)
         out = bytearray()
         while (message := self._reader.next_message()) is not None:
             if not self._header_seen:
@@ -188,8 +191,7 @@ class MultistreamListener:
                 out += encode_uvarint(len(listing)) + listing
             elif self._supports(message):
                 out += encode_message(message)
-                self.selected = message
-                self._leftover = self._reader.rest()
+                self._select(message)
                 break
             else:
                 self._refusals += 1
@@ -197,7 +199,3 @@ class MultistreamListener:
                     raise DecodeError(f"peer made more than {MAX_PROPOSALS} refused proposals")
                 out += _NA
         return bytes(out)
-
-    def leftover(self) -> bytes:
-        """Bytes received after the accepted proposal; they belong to the selected protocol."""
-        return self._leftover

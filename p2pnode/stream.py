@@ -102,17 +102,11 @@ class Stream:
         """
         if self._negotiation is not None:
             await self._finish_negotiation()
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self._eof:
-                return b""
-            await self._wait_readable()
-        chunk = self._chunks.popleft()
+        chunk = await self._read_raw()
         if 0 <= max_bytes < len(chunk):
             self._chunks.appendleft(chunk[max_bytes:])
+            self._readable += len(chunk) - max_bytes
             chunk = chunk[:max_bytes]
-        self._readable -= len(chunk)
         self._conn._consumed(self.stream_id, len(chunk))
         return chunk
 
@@ -142,7 +136,8 @@ class Stream:
     async def _read_raw(self) -> bytes:
         """Take the next buffered chunk without flow-control accounting; b"" at EOF.
 
-        Used during multistream negotiation; finish with :meth:`_return_unused`.
+        :meth:`read` accounts for what it returns; negotiation finishes with
+        :meth:`_return_unused`.
         """
         while not self._chunks:
             if self._error is not None:

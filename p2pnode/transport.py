@@ -119,6 +119,26 @@ def _sockaddr_to_multiaddr(sockaddr: tuple[str, int] | tuple[str, int, int, int]
     return Multiaddr.from_string(f"/{family}/{host.split('%')[0]}/tcp/{port}")
 
 
+async def _select_muxer(
+    raw: _HandshakeProtocol,
+    secure: NoiseTransport,
+    selector: MultistreamDialer | MultistreamListener,
+    remote_peer: PeerId,
+) -> _Upgraded:
+    """Run multistream-select for the muxer inside the Noise channel (either side)."""
+    plaintext = secure.receive_data(b"")
+    while True:
+        if plaintext:
+            reply = selector.receive_data(plaintext)
+            if reply:
+                raw.write(secure.encrypt(reply))
+        if selector.done:
+            break
+        plaintext = secure.receive_data(await raw.receive())
+    assert selector.selected is not None
+    return _Upgraded(secure, remote_peer, selector.selected, selector.leftover())
+
+
 async def _negotiate_security_dialer(
     raw: _HandshakeProtocol, config: TransportConfig, expected_peer: PeerId | None
 ) -> _Upgraded:
@@ -136,17 +156,7 @@ async def _negotiate_security_dialer(
     secure = noise.transport()
     muxer_select = MultistreamDialer(list(config.muxers))
     raw.write(final_message + secure.encrypt(muxer_select.initial_bytes()))
-    plaintext = secure.receive_data(b"")
-    while True:
-        if plaintext:
-            reply = muxer_select.receive_data(plaintext)
-            if reply:
-                raw.write(secure.encrypt(reply))
-        if muxer_select.done:
-            break
-        plaintext = secure.receive_data(await raw.receive())
-    assert muxer_select.selected is not None
-    return _Upgraded(secure, noise.remote_peer, muxer_select.selected, muxer_select.leftover())
+    return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
 
 
 async def _negotiate_security_listener(
@@ -167,17 +177,7 @@ async def _negotiate_security_listener(
             raw.write(reply)
     secure = noise.transport()
     muxer_select = MultistreamListener(list(config.muxers))
-    plaintext = secure.receive_data(b"")
-    while True:
-        if plaintext:
-            reply = muxer_select.receive_data(plaintext)
-            if reply:
-                raw.write(secure.encrypt(reply))
-        if muxer_select.done:
-            break
-        plaintext = secure.receive_data(await raw.receive())
-    assert muxer_select.selected is not None
-    return _Upgraded(secure, noise.remote_peer, muxer_select.selected, muxer_select.leftover())
+    return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
 
 
 async def upgrade(
