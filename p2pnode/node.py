@@ -309,8 +309,15 @@ class Node:
             raise DialError(
                 f"no known address for {peer}: give a full multiaddr ending in /p2p/{peer}"
             )
+        return await self.dial_first(peer, list(addrs))
+
+    async def dial_first(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
+        """Dial ``peer`` at each address in turn until one works; DialError naming each failure.
+
+        A different identity at an address (PeerIdMismatchError) stops the search at once.
+        """
         errors: list[str] = []
-        for addr in list(addrs):
+        for addr in addrs:
             try:
                 return await self.dial(addr.with_peer_id(peer))
             except PeerIdMismatchError:

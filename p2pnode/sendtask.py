@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .discovery import DiscoveredPeer, MdnsDiscovery, PeerCache, PeerDiscovered
-from .errors import DialError, MultiaddrError, P2PError, PeerIdMismatchError
+from .errors import DialError, MultiaddrError, P2PError
 from .identity import Identity, PeerId
 from .multiaddr import Multiaddr
 from .node import Node, NodeConfig
@@ -22,18 +21,6 @@ if TYPE_CHECKING:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-
-
-async def _dial_any(node: Node, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
-    errors: list[str] = []
-    for addr in addrs:
-        try:
-            return await node.dial(addr.with_peer_id(peer))
-        except PeerIdMismatchError:
-            raise
-        except P2PError as exc:
-            errors.append(f"{addr}: {exc}")
-    raise DialError(f"could not reach {peer}: " + "; ".join(errors))
 
 
 async def resolve_and_connect(
@@ -55,7 +42,7 @@ async def resolve_and_connect(
     if cached:
         started = time.perf_counter()
         try:
-            conn = await _dial_any(node, peer, cached)
+            conn = await node.dial_first(peer, cached)
         except DialError:
             pass
         else:
@@ -70,7 +57,7 @@ async def resolve_and_connect(
         await discovery.stop()
     timings.update(resolved_by="mdns", discovery_ms=_ms(time.perf_counter() - started))
     started = time.perf_counter()
-    conn = await _dial_any(node, peer, found.addrs)
+    conn = await node.dial_first(peer, found.addrs)
     timings["connect_ms"] = _ms(time.perf_counter() - started)
     if cache is not None:
         cache.put(peer, found.addrs)
@@ -169,7 +156,7 @@ async def list_peers(out: Output, *, timeout: float, identify: bool) -> None:
             }
             if identify:
                 try:
-                    await _dial_any(node, peer.peer_id, peer.addrs)
+                    await node.dial_first(peer.peer_id, peer.addrs)
                     info = await node.identify(peer.peer_id)
                     fields.update(agent_version=info.agent_version, protocols=info.protocols)
                 except P2PError as exc:
