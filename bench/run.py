@@ -51,7 +51,8 @@ def contenders() -> list[Contender]:
     ]
     script = ROOT / "bench" / "contenders" / "pylibp2p_bench.py"
     # py-libp2p takes ~256 ms per connection and ~1.5 ms per task: a quarter of the repetitions
-    py = Contender("py-libp2p 0.8.1", [str(PYLIBP2P), str(script)], scale=0.25)
+    module = [str(PYLIBP2P), "-m", "bench.contenders.pylibp2p_bench"]
+    py = Contender("py-libp2p 0.8.1", module, scale=0.25)
     if not PYLIBP2P.exists() or not script.exists():
         py.available, py.why_not = False, "not installed (bench/contenders/install_pylibp2p.sh)"
     found.append(py)

@@ -11,8 +11,6 @@ import argparse
 import asyncio
 import json
 import signal
-import struct
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -22,8 +20,8 @@ import msgspec
 from p2pnode.framing import FrameDecoder, encode_frame
 from p2pnode.task import TaskRequest, TaskResponse, decode_request, encode_request, encode_response
 
-BULK_HEADER = struct.Struct(">QB")
-BLOCK = b"\xa5" * 65536
+from .contract import BULK_HEADER, BULK_RECEIVE, BULK_SEND, bulk_pieces, parse_args, run_and_report
+
 KIND_PING, KIND_TASK, KIND_BULK = b"P", b"T", b"B"
 
 
@@ -61,7 +59,7 @@ class FloorServer(asyncio.Protocol):
                 return
             size, mode = BULK_HEADER.unpack_from(self.buffer)
             data = bytes(self.buffer[BULK_HEADER.size :])
-            if mode == 1:
+            if mode == BULK_SEND:
                 self.sender = asyncio.ensure_future(self._send(size))
                 return
             self.bulk_remaining = size
@@ -70,11 +68,8 @@ class FloorServer(asyncio.Protocol):
             self.transport.write(b"\x01")
 
     async def _send(self, size: int) -> None:
-        view = memoryview(BLOCK)
-        while size:
-            chunk = view[: min(size, len(BLOCK))]
-            self.transport.write(chunk)
-            size -= len(chunk)
+        for piece in bulk_pieces(size):
+            self.transport.write(piece)
             if self.transport.get_write_buffer_size() > 1 << 20:
                 await asyncio.sleep(0)  # let the loop flush; a bare Protocol has no drain()
         self.transport.close()
@@ -192,17 +187,13 @@ async def throughput(args: argparse.Namespace) -> dict[str, Any]:
     async def one(size: int) -> None:
         reader, writer = await open_conn(args.addr, KIND_BULK)
         if args.direction == "up":
-            writer.write(BULK_HEADER.pack(size, 2))
-            view = memoryview(BLOCK)
-            remaining = size
-            while remaining:
-                chunk = view[: min(remaining, len(BLOCK))]
-                writer.write(chunk)
-                remaining -= len(chunk)
+            writer.write(BULK_HEADER.pack(size, BULK_RECEIVE))
+            for piece in bulk_pieces(size):
+                writer.write(piece)
                 await writer.drain()
             await reader.readexactly(1)
         else:
-            writer.write(BULK_HEADER.pack(size, 1))
+            writer.write(BULK_HEADER.pack(size, BULK_SEND))
             remaining = size
             while remaining:
                 chunk = await reader.read(1 << 20)
@@ -229,35 +220,18 @@ MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, Any]]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--uvloop", action="store_true")
-    parser.add_argument("--muxer", default="none", help="ignored: the floor has no muxer")
-    sub = parser.add_subparsers(dest="mode", required=True)
-    sub.add_parser("server")
-    client = sub.add_parser("client")
-    client.add_argument("addr")
-    client.add_argument("measurement", choices=sorted(MEASUREMENTS))
-    client.add_argument("--n", type=int, default=100)
-    client.add_argument("--size", type=int, default=64)
-    client.add_argument("--inflight", type=int, default=1)
-    client.add_argument("--connections", type=int, default=1)
-    client.add_argument("--bytes", type=int, default=64 << 20)
-    client.add_argument("--streams", type=int, default=1)
-    client.add_argument("--direction", choices=["up", "down"], default="up")
-    args = parser.parse_args()
+    args = parse_args(
+        MEASUREMENTS, __doc__, lambda parser: parser.add_argument("--uvloop", action="store_true")
+    )  # --muxer is accepted and ignored: the floor has no muxer
     runner: Callable[[Any], Any] = asyncio.run
     if args.uvloop:
         import uvloop
 
         runner = uvloop.run
-    try:
-        if args.mode == "server":
-            runner(serve())
-        else:
-            print(json.dumps(runner(MEASUREMENTS[args.measurement](args))), flush=True)
-    except Exception as exc:
-        print(json.dumps({"event": "error", "message": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(1)
+    if args.mode == "server":
+        run_and_report(lambda: runner(serve()))
+    else:
+        run_and_report(lambda: runner(MEASUREMENTS[args.measurement](args)))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ import argparse
 import asyncio
 import json
 import signal
-import struct
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,20 +14,22 @@ from p2pnode import Identity, Node, NodeConfig, Stream
 from p2pnode.task_handlers import EchoHandler
 from p2pnode.task_server import TaskServer
 
-BULK = "/p2pnode/bulk/1.0.0"
-BULK_HEADER = struct.Struct(">QB")
-BLOCK = b"\xa5" * 65536
+from .contract import (
+    BULK_HEADER,
+    BULK_PROTOCOL,
+    BULK_RECEIVE,
+    BULK_SEND,
+    bulk_pieces,
+    parse_args,
+    run_and_report,
+)
 
 
 async def bulk_handler(stream: Stream) -> None:
     size, mode = BULK_HEADER.unpack(await stream.readexactly(BULK_HEADER.size))
-    if mode == 1:
-        view = memoryview(BLOCK)
-        remaining = size
-        while remaining:
-            chunk = view[: min(remaining, len(BLOCK))]
-            await stream.write(chunk)
-            remaining -= len(chunk)
+    if mode == BULK_SEND:
+        for piece in bulk_pieces(size):
+            await stream.write(piece)
     else:
         remaining = size
         while remaining:
@@ -47,7 +47,7 @@ async def serve(muxers: tuple[str, ...]) -> None:
     )
     handlers = {"default": EchoHandler()}
     TaskServer(node, handlers, max_concurrent=4096, max_request_size=2 << 20).install()
-    node.set_handler(BULK, bulk_handler)
+    node.set_handler(BULK_PROTOCOL, bulk_handler)
     addr = str(node.listen_addrs[0].with_peer_id(node.peer_id))
     print(json.dumps({"event": "listening", "addr": addr}), flush=True)
     stop = asyncio.Event()
@@ -155,18 +155,14 @@ async def throughput(node: Node, args: argparse.Namespace) -> dict[str, Any]:
     per_stream = args.bytes // args.streams
 
     async def one(size: int) -> None:
-        stream = await conn.new_stream([BULK])
+        stream = await conn.new_stream([BULK_PROTOCOL])
         if args.direction == "up":
-            await stream.write(BULK_HEADER.pack(size, 2))
-            view = memoryview(BLOCK)
-            remaining = size
-            while remaining:
-                chunk = view[: min(remaining, len(BLOCK))]
-                await stream.write(chunk)
-                remaining -= len(chunk)
+            await stream.write(BULK_HEADER.pack(size, BULK_RECEIVE))
+            for piece in bulk_pieces(size):
+                await stream.write(piece)
             await stream.readexactly(1)
         else:
-            await stream.write(BULK_HEADER.pack(size, 1))
+            await stream.write(BULK_HEADER.pack(size, BULK_SEND))
             await stream.close_write()
             remaining = size
             while remaining:
@@ -199,35 +195,18 @@ MEASUREMENTS: dict[str, Callable[[Node, argparse.Namespace], Awaitable[dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--uvloop", action="store_true")
-    parser.add_argument("--muxer", default="yamux")
-    sub = parser.add_subparsers(dest="mode", required=True)
-    sub.add_parser("server")
-    client = sub.add_parser("client")
-    client.add_argument("addr")
-    client.add_argument("measurement", choices=sorted(MEASUREMENTS))
-    client.add_argument("--n", type=int, default=100)
-    client.add_argument("--size", type=int, default=64)
-    client.add_argument("--inflight", type=int, default=1)
-    client.add_argument("--connections", type=int, default=1)
-    client.add_argument("--bytes", type=int, default=64 << 20)
-    client.add_argument("--streams", type=int, default=1)
-    client.add_argument("--direction", choices=["up", "down"], default="up")
-    args = parser.parse_args()
+    args = parse_args(
+        MEASUREMENTS, __doc__, lambda parser: parser.add_argument("--uvloop", action="store_true")
+    )
     runner: Callable[[Any], Any] = asyncio.run
     if args.uvloop:
         import uvloop
 
         runner = uvloop.run
-    try:
-        if args.mode == "server":
-            runner(serve(tuple(args.muxer.split(","))))
-        else:
-            print(json.dumps(runner(measure(args))), flush=True)
-    except Exception as exc:
-        print(json.dumps({"event": "error", "message": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(1)
+    if args.mode == "server":
+        run_and_report(lambda: runner(serve(tuple(args.muxer.split(",")))))
+    else:
+        run_and_report(lambda: runner(measure(args)))
 
 
 if __name__ == "__main__":

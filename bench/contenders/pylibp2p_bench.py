@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import signal
-import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -21,11 +20,19 @@ from libp2p import new_host
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
+from .contract import (
+    BULK_HEADER,
+    BULK_PROTOCOL,
+    BULK_RECEIVE,
+    BULK_SEND,
+    bulk_pieces,
+    parse_args,
+    run_and_report,
+)
+
 PING = TProtocol("/ipfs/ping/1.0.0")
 TASK = TProtocol("/p2pnode/task/1.0.0")
-BULK = TProtocol("/p2pnode/bulk/1.0.0")
-BULK_HEADER = struct.Struct(">QB")
-BLOCK = b"\xa5" * 65536
+BULK = TProtocol(BULK_PROTOCOL)
 MAX_MESSAGE = 4 << 20
 
 
@@ -94,12 +101,9 @@ async def task_handler(stream: Any) -> None:
 async def bulk_handler(stream: Any) -> None:
     reader = Reader(stream)
     size, mode = BULK_HEADER.unpack(await reader.exactly(BULK_HEADER.size))
-    if mode == 1:
-        remaining = size
-        while remaining:
-            chunk = BLOCK[: min(remaining, len(BLOCK))]
-            await stream.write(chunk)
-            remaining -= len(chunk)
+    if mode == BULK_SEND:
+        for piece in bulk_pieces(size):
+            await stream.write(piece)
     else:
         remaining = size - len(reader.buffer)
         reader.buffer.clear()
@@ -233,15 +237,12 @@ async def throughput(host: Any, info: Any, args: argparse.Namespace) -> dict[str
     async def one(size: int) -> None:
         stream = await host.new_stream(info.peer_id, [BULK])
         if args.direction == "up":
-            await stream.write(BULK_HEADER.pack(size, 2))
-            remaining = size
-            while remaining:
-                chunk = BLOCK[: min(remaining, len(BLOCK))]
-                await stream.write(chunk)
-                remaining -= len(chunk)
+            await stream.write(BULK_HEADER.pack(size, BULK_RECEIVE))
+            for piece in bulk_pieces(size):
+                await stream.write(piece)
             await Reader(stream).exactly(1)
         else:
-            await stream.write(BULK_HEADER.pack(size, 1))
+            await stream.write(BULK_HEADER.pack(size, BULK_SEND))
             await stream.close_write()
             remaining = size
             while remaining > 0:
@@ -286,29 +287,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--muxer", default="yamux", choices=["yamux", "mplex"])
-    sub = parser.add_subparsers(dest="mode", required=True)
-    sub.add_parser("server")
-    client = sub.add_parser("client")
-    client.add_argument("addr")
-    client.add_argument("measurement", choices=sorted(MEASUREMENTS))
-    client.add_argument("--n", type=int, default=100)
-    client.add_argument("--size", type=int, default=64)
-    client.add_argument("--inflight", type=int, default=1)
-    client.add_argument("--connections", type=int, default=1)
-    client.add_argument("--bytes", type=int, default=64 << 20)
-    client.add_argument("--streams", type=int, default=1)
-    client.add_argument("--direction", choices=["up", "down"], default="up")
-    args = parser.parse_args()
-    try:
-        if args.mode == "server":
-            trio.run(serve, args.muxer)
-        else:
-            print(json.dumps(trio.run(measure, args)), flush=True)
-    except Exception as exc:
-        print(json.dumps({"event": "error", "message": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(1)
+    args = parse_args(MEASUREMENTS, __doc__)
+    if args.mode == "server":
+        run_and_report(lambda: trio.run(serve, args.muxer))
+    else:
+        run_and_report(lambda: trio.run(measure, args))
     # py-libp2p leaves background services behind: do not wait for them at exit
     sys.stdout.flush()
     os._exit(0)
