@@ -26,13 +26,13 @@ def bulk_pieces(size: int) -> Iterable[memoryview]:
 
 
 def parse_args(
-    measurements: Iterable[str], doc: str | None, add_options: Callable[[Any], None] | None = None
+    measurements: Iterable[str], doc: str | None, *, asyncio_program: bool = True
 ) -> argparse.Namespace:
     """``<program> [options] server`` or ``<program> [options] client ADDR MEASUREMENT ...``."""
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--muxer", default="yamux")
-    if add_options is not None:
-        add_options(parser)
+    if asyncio_program:
+        parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     sub = parser.add_subparsers(dest="mode", required=True)
     sub.add_parser("server")
     client = sub.add_parser("client")
@@ -46,6 +46,17 @@ def parse_args(
     client.add_argument("--streams", type=int, default=1)
     client.add_argument("--direction", choices=["up", "down"], default="up")
     return parser.parse_args()
+
+
+def asyncio_runner(args: argparse.Namespace) -> Callable[[Any], Any]:
+    """``asyncio.run``, or ``uvloop.run`` with ``--uvloop``."""
+    if args.uvloop:
+        import uvloop
+
+        return uvloop.run  # type: ignore[no-any-return]
+    import asyncio
+
+    return asyncio.run
 
 
 def run_and_report(run: Callable[[], dict[str, Any] | None]) -> None:

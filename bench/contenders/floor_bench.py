@@ -20,7 +20,15 @@ import msgspec
 from p2pnode.framing import FrameDecoder, encode_frame
 from p2pnode.task import TaskRequest, TaskResponse, decode_request, encode_request, encode_response
 
-from .contract import BULK_HEADER, BULK_RECEIVE, BULK_SEND, bulk_pieces, parse_args, run_and_report
+from .contract import (
+    BULK_HEADER,
+    BULK_RECEIVE,
+    BULK_SEND,
+    asyncio_runner,
+    bulk_pieces,
+    parse_args,
+    run_and_report,
+)
 
 KIND_PING, KIND_TASK, KIND_BULK = b"P", b"T", b"B"
 
@@ -220,14 +228,9 @@ MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, Any]]
 
 
 def main() -> None:
-    args = parse_args(
-        MEASUREMENTS, __doc__, lambda parser: parser.add_argument("--uvloop", action="store_true")
-    )  # --muxer is accepted and ignored: the floor has no muxer
-    runner: Callable[[Any], Any] = asyncio.run
-    if args.uvloop:
-        import uvloop
-
-        runner = uvloop.run
+    # --muxer is accepted and ignored: the floor has no muxer
+    args = parse_args(MEASUREMENTS, __doc__)
+    runner = asyncio_runner(args)
     if args.mode == "server":
         run_and_report(lambda: runner(serve()))
     else:

@@ -19,10 +19,20 @@ from .contract import (
     BULK_PROTOCOL,
     BULK_RECEIVE,
     BULK_SEND,
+    asyncio_runner,
     bulk_pieces,
     parse_args,
     run_and_report,
 )
+
+
+async def receive_exactly(stream: Stream, size: int) -> None:
+    """Read and drop ``size`` bulk bytes."""
+    while size:
+        chunk = await stream.read()
+        if not chunk:
+            raise RuntimeError(f"bulk data ended {size} bytes early")
+        size -= len(chunk)
 
 
 async def bulk_handler(stream: Stream) -> None:
@@ -31,12 +41,7 @@ async def bulk_handler(stream: Stream) -> None:
         for piece in bulk_pieces(size):
             await stream.write(piece)
     else:
-        remaining = size
-        while remaining:
-            chunk = await stream.read()
-            if not chunk:
-                raise RuntimeError("bulk sender stopped early")
-            remaining -= len(chunk)
+        await receive_exactly(stream, size)
         await stream.write(b"\x01")
     await stream.close()
 
@@ -164,12 +169,7 @@ async def throughput(node: Node, args: argparse.Namespace) -> dict[str, Any]:
         else:
             await stream.write(BULK_HEADER.pack(size, BULK_SEND))
             await stream.close_write()
-            remaining = size
-            while remaining:
-                chunk = await stream.read()
-                if not chunk:
-                    raise RuntimeError("bulk source stopped early")
-                remaining -= len(chunk)
+            await receive_exactly(stream, size)
         await stream.close()
 
     await asyncio.gather(*(one(min(per_stream, 4 << 20)) for _ in range(args.streams)))
@@ -195,14 +195,8 @@ MEASUREMENTS: dict[str, Callable[[Node, argparse.Namespace], Awaitable[dict[str,
 
 
 def main() -> None:
-    args = parse_args(
-        MEASUREMENTS, __doc__, lambda parser: parser.add_argument("--uvloop", action="store_true")
-    )
-    runner: Callable[[Any], Any] = asyncio.run
-    if args.uvloop:
-        import uvloop
-
-        runner = uvloop.run
+    args = parse_args(MEASUREMENTS, __doc__)
+    runner = asyncio_runner(args)
     if args.mode == "server":
         run_and_report(lambda: runner(serve(tuple(args.muxer.split(",")))))
     else:

@@ -287,7 +287,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = parse_args(MEASUREMENTS, __doc__)
+    args = parse_args(MEASUREMENTS, __doc__, asyncio_program=False)
     if args.mode == "server":
         run_and_report(lambda: trio.run(serve, args.muxer))
     else:
