@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 
-from .errors import DecodeError, P2PError
+from .errors import DecodeError, P2PError, P2PTimeoutError
 from .framing import FrameDecoder, MessageTooLargeError, encode_frame
 from .identity import PeerId
 from .node import Node
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT = 128
 REQUEST_READ_TIMEOUT = 30.0
+RESPONSE_WRITE_TIMEOUT = 30.0
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
@@ -89,7 +90,11 @@ class _Rejected(Exception):
 
 
 class TaskServer:
-    """Runs tasks for a Node; beyond ``max_concurrent`` running tasks, new ones get ``busy``."""
+    """Runs tasks for a Node; beyond ``max_concurrent`` tasks, new ones get ``busy``.
+
+    A task counts from its handler's start until its output has been handed to the peer,
+    so peers that do not read their answers cannot make the server hold unbounded output.
+    """
 
     def __init__(
         self,
@@ -102,6 +107,7 @@ class TaskServer:
         max_response_size: int = MAX_RESPONSE_SIZE,
         max_timeout: float | None = None,
         request_read_timeout: float = REQUEST_READ_TIMEOUT,
+        response_write_timeout: float = RESPONSE_WRITE_TIMEOUT,
         on_log: Callable[[TaskLogRecord], None] | None = None,
     ) -> None:
         self.node = node
@@ -112,9 +118,11 @@ class TaskServer:
         self.max_response_size = max_response_size
         self.max_timeout = max_timeout
         self.request_read_timeout = request_read_timeout
+        self.response_write_timeout = response_write_timeout
         self.on_log = on_log
         self._running: set[asyncio.Task[str]] = set()
         self._active = 0  # streams being served, from first byte to response written
+        self._answering = 0  # task outputs being written to their peers
         self._idle = asyncio.Event()
         self._idle.set()
         self._shutting_down = False
@@ -146,7 +154,7 @@ class TaskServer:
         self._active += 1
         self._idle.clear()
         request: TaskRequest | None = None
-        unread = False
+        unread = answering = False
         try:
             try:
                 request = await self._read_request(stream)
@@ -154,12 +162,13 @@ class TaskServer:
                 started = time.perf_counter()  # latency_ms is the handler's time
                 output = await self._run(request, stream)
                 response = TaskResponse(request.task_id, output, _elapsed_ms(started))
+                self._answering += 1
+                answering = True
             except _Rejected as rejected:
                 response = rejected.response
                 response.latency_ms = _elapsed_ms(started)
                 unread = rejected.unread
-            await stream.write(encode_frame(encode_response(response)))
-            await stream.close()
+            await self._answer(stream, response)
             if unread and not stream.at_eof:
                 stream.reset()  # after the answer: stop the rest of an oversized request
         except P2PError as exc:  # the stream broke: nobody to answer
@@ -168,10 +177,21 @@ class TaskServer:
             )
             stream.reset()
         finally:
+            self._answering -= answering
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
         self._log(stream.remote_peer, request, response)
+
+    async def _answer(self, stream: Stream, response: TaskResponse) -> None:
+        try:
+            async with asyncio.timeout(self.response_write_timeout):
+                await stream.write(encode_frame(encode_response(response)))
+                await stream.close()
+        except TimeoutError:
+            raise P2PTimeoutError(
+                f"the peer did not take the response within {self.response_write_timeout}s"
+            ) from None
 
     async def _read_request(self, stream: Stream) -> TaskRequest:
         decoder = FrameDecoder(self.max_request_size)
@@ -217,7 +237,7 @@ class TaskServer:
             raise reject(
                 ErrorCode.UNKNOWN_KIND, f"no handler for kind {request.kind!r}; have {kinds}"
             )
-        if len(self._running) >= self.max_concurrent:
+        if len(self._running) + self._answering >= self.max_concurrent:
             raise reject(ErrorCode.BUSY, f"{self.max_concurrent} tasks are already running")
 
     async def _run(self, request: TaskRequest, stream: Stream) -> str:

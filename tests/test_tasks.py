@@ -429,6 +429,44 @@ async def test_client_timeout_resets_the_stream(make_server: MakeServer, client:
     gate.release.set()
 
 
+async def test_a_peer_that_does_not_read_its_answer_times_out_and_frees_the_slot(
+    make_server: MakeServer, client: Node
+) -> None:
+    records: list[TaskLogRecord] = []
+    given_up = asyncio.Event()
+
+    def log(record: TaskLogRecord) -> None:
+        records.append(record)
+        if record.task_id == "stalled":
+            given_up.set()
+
+    def big(request: TaskRequest) -> str:
+        return "o" * (24 << 20)  # more than the window and the socket buffers hold
+
+    server = await make_server(
+        {"default": PythonHandler(big), "echo": EchoHandler()},
+        max_concurrent=1,
+        max_response_size=32 << 20,
+        response_write_timeout=0.5,
+        on_log=log,
+    )
+    addr = addr_of(server.node)
+    stream = await client.new_stream(addr, [PROTOCOL_ID])
+    await stream.write(encode_frame(b'{"task_id":"stalled","input":""}'))
+    await stream.close_write()
+    stream.connection._transport.pause_reading()  # we never take the answer
+    other = await start_node()
+    try:
+        with pytest.raises(TaskRefusedError, match="busy"):  # its output still holds the slot
+            await other.send_task(addr, "x", kind="echo")
+        await asyncio.wait_for(given_up.wait(), 10)
+        assert (await other.send_task(addr, "free again", kind="echo")).output == "free again"
+    finally:
+        await other.stop()
+    stalled = next(r for r in records if r.task_id == "stalled")
+    assert stalled.outcome == "failed" and "did not take the response" in stalled.message
+
+
 # -- a peer that opens a thousand task streams at once -----------------------------------
 
 
