@@ -252,17 +252,17 @@ class NoiseTransport:
         body, end = self._scan(view)
         size = sum(head) + sum(body) - (len(head) + len(body)) * TAG_SIZE
         if scratch is not None and len(scratch) >= size:
-            target = memoryview(scratch)[:size]
+            out, target = scratch, memoryview(scratch)[:size]
         else:
-            scratch = bytearray(size)
-            target = memoryview(scratch)
+            out = bytearray(size)  # the caller owns it
+            target = memoryview(out)
         written = self._open(partial, head, target, 0) if head else 0
         self._open(view, body, target, written)
         if head:
             partial.clear()
         if end < len(view):
             partial += view[end:]
-        return scratch if len(scratch) == size else target
+        return target if out is scratch else out
 
     @staticmethod
     def _scan(view: Buffer) -> tuple[list[int], int]:
