@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from p2pnode.identity import Identity, PeerId
@@ -10,6 +15,7 @@ from p2pnode.task import TaskRefusedError, TaskRequest
 from p2pnode.task_handlers import EchoHandler, PythonHandler
 from p2pnode.task_server import TaskServer
 
+from ..netns import Process
 from .jspeer import js_dial, start_js_listener
 
 pytestmark = pytest.mark.interop
@@ -59,3 +65,31 @@ async def test_js_sends_tasks_to_p2pnode(muxer: str) -> None:
         assert timed["response"]["output"] == "t"
     finally:
         await node.stop()
+
+
+async def test_the_command_line_and_js_exchange_tasks(tmp_path: Path) -> None:
+    """`p2pnode send-task` sends to js; js sends to `p2pnode serve` (the CLI itself)."""
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path))
+    js = await start_js_listener()
+    try:
+        sent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2pnode", "send-task", js.addr, "to js", "--kind", "upper",
+            "--ephemeral", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(sent.communicate(), 60)
+        assert sent.returncode == 0, err.decode()
+        assert out.decode() == "TO JS\n"
+    finally:
+        await js.stop()
+    server = Process(
+        [sys.executable, "-m", "p2pnode", "serve", "--listen", "/ip4/127.0.0.1/tcp/0",
+         "--no-mdns", "--ephemeral", "--json", "--exec", "upper=tr a-z A-Z"],
+        env,
+    )  # fmt: skip
+    try:
+        addr = server.event("listening")["addrs"][0]
+        answer = await js_dial(addr, "task", "--input", "to p2pnode", "--kind", "upper")
+        assert answer["response"]["output"] == "TO P2PNODE"
+        assert server.event("task", kind="upper")["outcome"] == "ok"
+    finally:
+        assert server.stop() == 0
