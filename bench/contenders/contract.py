@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import stat
 import struct
 import sys
 from collections.abc import Callable, Iterable
@@ -57,6 +60,34 @@ def asyncio_runner(args: argparse.Namespace) -> Callable[[Any], Any]:
     import asyncio
 
     return asyncio.run
+
+
+def stdin_is_a_pipe() -> bool:
+    """True when stdin is a pipe or socket, whose end of file means "stop serving"."""
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def until_stopped() -> None:
+    """Return at SIGTERM or SIGINT, or when stdin, a pipe, reaches its end (the runner died)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if stdin_is_a_pipe():
+
+        def on_stdin() -> None:
+            if not os.read(0, 65536):
+                loop.remove_reader(0)
+                stop.set()
+
+        loop.add_reader(0, on_stdin)
+    await stop.wait()
 
 
 def run_and_report(run: Callable[[], dict[str, Any] | None]) -> None:

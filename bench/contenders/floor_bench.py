@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -28,6 +27,7 @@ from .contract import (
     bulk_pieces,
     parse_args,
     run_and_report,
+    until_stopped,
 )
 
 KIND_PING, KIND_TASK, KIND_BULK = b"P", b"T", b"B"
@@ -88,10 +88,7 @@ async def serve() -> None:
     server = await loop.create_server(FloorServer, "127.0.0.1", 0)
     host, port = server.sockets[0].getsockname()[:2]
     print(json.dumps({"event": "listening", "addr": f"{host}:{port}"}), flush=True)
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
+    await until_stopped()
     server.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +22,7 @@ from .contract import (
     bulk_pieces,
     parse_args,
     run_and_report,
+    until_stopped,
 )
 
 
@@ -55,11 +55,7 @@ async def serve(muxers: tuple[str, ...]) -> None:
     node.set_handler(BULK_PROTOCOL, bulk_handler)
     addr = str(node.listen_addrs[0].with_peer_id(node.peer_id))
     print(json.dumps({"event": "listening", "addr": addr}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
+    await until_stopped()
     await node.stop()
 
 

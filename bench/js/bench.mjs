@@ -15,6 +15,7 @@ const { mplex } = await import('@libp2p/mplex')
 const { ping } = await import('@libp2p/ping')
 const { identify } = await import('@libp2p/identify')
 const { multiaddr } = await import('@multiformats/multiaddr')
+const { fstatSync } = await import('node:fs')
 
 const TASK = '/p2pnode/task/1.0.0'
 const BULK = '/p2pnode/bulk/1.0.0'
@@ -130,6 +131,10 @@ async function server (options) {
   out({ event: 'listening', addr: node.getMultiaddrs()[0].toString() })
   const stop = async () => { await node.stop(); process.exit(0) }
   process.on('SIGTERM', stop); process.on('SIGINT', stop)
+  const stdin = fstatSync(0)
+  if (stdin.isFIFO() || stdin.isSocket()) { // the runner holds the other end: its end means stop
+    process.stdin.on('end', stop); process.stdin.resume()
+  }
 }
 
 async function runTask (connection, text, i) {
