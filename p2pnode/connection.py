@@ -356,8 +356,7 @@ class Connection(asyncio.BufferedProtocol):
         return sent
 
     def _consumed(self, stream_id: int, size: int) -> None:
-        if size > 0 and self._close_reason is None:
-            self._muxer.consumed(stream_id, size)
+        if size > 0 and self._close_reason is None and self._muxer.consumed(stream_id, size):
             self._schedule_flush()
 
     def _close_stream(self, stream_id: int) -> None:

@@ -235,12 +235,13 @@ class MplexSession:
             return 0
         return self.config.max_message_size
 
-    def consumed(self, stream_id: int, size: int) -> None:
+    def consumed(self, stream_id: int, size: int) -> bool:
         stream = self._streams.get(stream_id)
         if stream is not None:
             if size > stream.buffered:
                 raise LocalProtocolError("consumed more mplex data than was received")
             stream.buffered -= size
+        return False  # no flow control, so nothing to tell the peer
 
     def close_stream(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)

@@ -102,8 +102,11 @@ class MuxerSession(Protocol):
         """How many bytes ``send`` would accept now on this stream."""
         ...
 
-    def consumed(self, stream_id: int, size: int) -> None:
-        """The application has read ``size`` bytes of the stream's received data."""
+    def consumed(self, stream_id: int, size: int) -> bool:
+        """The application has read ``size`` bytes of the stream's received data.
+
+        Return True if that queued bytes for the peer (e.g. a window update).
+        """
         ...
 
     def close_stream(self, stream_id: int) -> None:

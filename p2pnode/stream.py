@@ -157,7 +157,12 @@ class Stream:
         self._conn._consumed(self.stream_id, taken - len(leftover))
 
     async def _wait_readable(self) -> None:
-        waiter = self._conn._loop.create_future()
+        conn = self._conn
+        if conn._flush_handle is not None:
+            # Whatever we wrote is what the peer must see before it answers: send it now
+            # rather than one loop iteration later.
+            conn._flush()
+        waiter = conn._loop.create_future()
         self._read_waiter = waiter
         try:
             await waiter

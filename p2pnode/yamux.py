@@ -510,24 +510,26 @@ class YamuxSession:
             return 0
         return stream.send_window
 
-    def consumed(self, stream_id: int, size: int) -> None:
-        """Report ``size`` bytes read by the application; may queue a WindowUpdate."""
+    def consumed(self, stream_id: int, size: int) -> bool:
+        """Report ``size`` bytes read by the application; True if it queued a WindowUpdate."""
         stream = self._streams.get(stream_id)
         if stream is None:
-            return  # closed or reset: no credit to return
+            return False  # closed or reset: no credit to return
         if not 0 <= size <= stream.unconsumed:
             raise LocalProtocolError(
                 f"consumed({stream_id}, {size}) but only {stream.unconsumed} bytes are unread"
             )
         stream.unconsumed -= size
         if stream.remote_closed:
-            return  # the peer sends no more data; credit would be useless
+            return False  # the peer sends no more data; credit would be useless
         pending = stream.pending_credit + size
-        if pending >= self._update_threshold:
-            stream.recv_window += pending
-            self._out.append(_pack_header(0, _WINDOW_UPDATE, 0, stream_id, pending))
-            pending = 0
-        stream.pending_credit = pending
+        if pending < self._update_threshold:
+            stream.pending_credit = pending
+            return False
+        stream.recv_window += pending
+        stream.pending_credit = 0
+        self._out.append(_pack_header(0, _WINDOW_UPDATE, 0, stream_id, pending))
+        return True
 
     def close_stream(self, stream_id: int) -> None:
         """Half-close: queue WindowUpdate+FIN. A no-op if already closed or unknown."""
