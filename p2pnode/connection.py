@@ -99,6 +99,7 @@ class Connection(asyncio.BufferedProtocol):
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
         self._flush_handle: asyncio.Handle | None = None
+        self._receiving = False  # in _receive_plaintext, which flushes when it is done
         self._unflushed = 0  # payload bytes queued in the muxer since the last flush
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -277,16 +278,20 @@ class Connection(asyncio.BufferedProtocol):
             self._abort(exc)
             return
         streams = self._streams
-        for event in events:
-            if type(event) is StreamData:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream._feed(event.data)
+        self._receiving = True  # answers written from here go out in the flush below
+        try:
+            for event in events:
+                if type(event) is StreamData:
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream._feed(event.data)
+                    else:
+                        # Nobody will read it: give the credit back at once.
+                        self._muxer.consumed(event.stream_id, len(event.data))
                 else:
-                    # Nobody will read it: give the credit back at once.
-                    self._muxer.consumed(event.stream_id, len(event.data))
-            else:
-                self._handle_event(event)
+                    self._handle_event(event)
+        finally:
+            self._receiving = False
         self._flush()
 
     def _handle_event(self, event: MuxerEvent) -> None:
@@ -325,7 +330,7 @@ class Connection(asyncio.BufferedProtocol):
             self._streams.pop(stream.stream_id, None)
 
     def _schedule_flush(self) -> None:
-        if self._flush_handle is None:
+        if self._flush_handle is None and not self._receiving:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:

@@ -12,15 +12,17 @@ PROTOCOL_ID = "/ipfs/ping/1.0.0"
 PING_SIZE = 32
 
 
+def _same(data: bytes) -> bytes:
+    return data
+
+
 async def handle_ping(stream: Stream) -> None:
-    """Echo every 32-byte ping until the peer closes the stream."""
-    while True:
-        payload = await stream.read(PING_SIZE)
-        if not payload:
-            break
-        if len(payload) < PING_SIZE:
-            payload += await stream.readexactly(PING_SIZE - len(payload))
-        await stream.write(payload)
+    """Echo what the peer sends until it closes the stream.
+
+    The echo is byte for byte, so 32-byte pings split or joined in transit come back
+    whole; it is sent from the receive path (:meth:`Stream.answer_inline`).
+    """
+    await stream.answer_inline(_same)
     await stream.close()
 
 

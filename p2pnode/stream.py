@@ -36,6 +36,7 @@ class Stream:
         "_conn",
         "_eof",
         "_error",
+        "_inline",
         "_negotiation",
         "_on_fail",
         "_read_waiter",
@@ -60,6 +61,7 @@ class Stream:
         # Set while an optimistic multistream answer is still due (see Connection.new_stream).
         self._negotiation: MultistreamDialer | None = None
         self._on_fail: list[Callable[[Exception], object]] | None = None
+        self._inline: _InlineAnswers | None = None  # set while answer_inline() runs
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} {self.protocol or '?'} to {self._conn.remote_peer}>"
@@ -133,6 +135,33 @@ class Stream:
             parts.append(chunk)
         return b"".join(parts)
 
+    async def answer_inline(self, respond: Callable[[bytes], Buffer]) -> None:
+        """Answer data as it arrives with ``respond(data)`` until the peer half-closes.
+
+        ``respond`` runs in the connection's receive path, so an echo-like protocol
+        (ping) answers with no task switch and no extra loop iteration. When flow
+        control or a full socket holds an answer back, the rest is written from here
+        and inline answering resumes. An exception from ``respond`` is raised here.
+        """
+        while True:
+            while self._chunks:
+                data = await self.read()
+                await self.write(respond(data))
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return
+            inline = _InlineAnswers(respond)
+            self._inline = inline
+            try:
+                await self._wait_readable()  # woken by EOF, reset, or an answer held back
+            finally:
+                self._inline = None
+            if inline.error is not None:
+                raise inline.error
+            if inline.held:
+                await self.write(inline.held)
+
     async def _read_raw(self) -> bytes:
         """Take the next buffered chunk without flow-control accounting; b"" at EOF.
 
@@ -187,6 +216,8 @@ class Stream:
     # -- called by the connection -----------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        if self._inline is not None and self._inline.answer(self, data):
+            return
         self._chunks.append(data)
         self._readable += len(data)
         self._wake_reader()
@@ -267,3 +298,35 @@ class Stream:
             self.reset()
         else:
             await self.close()
+
+
+class _InlineAnswers:
+    """State of :meth:`Stream.answer_inline` while it answers from the receive path."""
+
+    __slots__ = ("error", "held", "respond")
+
+    def __init__(self, respond: Callable[[bytes], Buffer]) -> None:
+        self.respond = respond
+        self.held: memoryview | None = None  # an answer flow control did not take whole
+        self.error: Exception | None = None
+
+    def answer(self, stream: Stream, data: bytes) -> bool:
+        """Answer ``data`` at once; False leaves it to be buffered as usual."""
+        conn = stream._conn
+        stream._inline = None  # one answer at a time; the task re-arms when it is done
+        if conn._write_paused or stream._write_closed:
+            return False  # the socket is behind: buffer, and the task writes with back-pressure
+        try:
+            answer = memoryview(self.respond(data)).cast("B")
+            conn._consumed(stream.stream_id, len(data))
+            sent = conn._send(stream.stream_id, answer) if answer else 0
+        except Exception as exc:  # raised to the task in answer_inline
+            self.error = exc
+            stream._wake_reader()
+            return True
+        if sent < len(answer) or conn._write_paused:
+            self.held = answer[sent:]
+            stream._wake_reader()
+        else:
+            stream._inline = self
+        return True

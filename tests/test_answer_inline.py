@@ -1,0 +1,101 @@
+"""Stream.answer_inline: answers from the receive path, in order, with back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from p2pnode.errors import StreamResetError
+from p2pnode.node import Node
+from p2pnode.ping import PROTOCOL_ID as PING
+from p2pnode.stream import Stream
+
+UPPER = "/test/upper/1.0.0"
+FRAGILE = "/test/fragile/1.0.0"
+
+
+async def upper_handler(stream: Stream) -> None:
+    await stream.answer_inline(bytes.upper)
+    await stream.close()
+
+
+def refuse_boom(data: bytes) -> bytes:
+    if b"boom" in data:
+        raise ValueError("boom is not allowed")
+    return data
+
+
+async def fragile_handler(stream: Stream) -> None:
+    await stream.answer_inline(refuse_boom)
+
+
+@pytest.mark.parametrize("muxer", ["yamux", "mplex"])
+async def test_answers_each_piece_and_ends_with_the_peer(muxer: str) -> None:
+    from .conftest import addr_of, start_node
+
+    server, client = await start_node(muxers=(muxer,)), await start_node(muxers=(muxer,))
+    try:
+        server.set_handler(UPPER, upper_handler)
+        conn = await client.dial(addr_of(server))
+        stream = await conn.new_stream([UPPER])
+        for word in (b"abc", b"hello world", b"x" * 100_000):
+            await stream.write(word)
+            assert await stream.readexactly(len(word)) == word.upper()
+        await stream.close_write()
+        assert await stream.read() == b""  # the handler returned at our EOF and closed
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+async def test_ping_echo_is_byte_for_byte_when_pings_are_split(server: Node, client: Node) -> None:
+    from .conftest import addr_of
+
+    conn = await client.dial(addr_of(server))
+    stream = await conn.new_stream([PING])
+    payload = os.urandom(32)
+    await stream.write(payload[:5])
+    await stream.write(payload[5:])
+    assert await stream.readexactly(32) == payload
+    await stream.close_write()
+    assert await stream.read() == b""
+
+
+async def test_echo_held_back_by_flow_control_stays_whole_and_in_order(
+    server: Node, client: Node
+) -> None:
+    """More than the client's 16 MiB receive window, sent before reading a byte: the
+    server's send window runs out mid-answer, the rest waits, and nothing is lost or
+    reordered once the client reads."""
+    from .conftest import addr_of
+
+    conn = await client.dial(addr_of(server))
+    stream = await conn.new_stream([PING])
+    data = os.urandom(24 * 1024 * 1024)
+    for start in range(0, len(data), 1 << 20):
+        await asyncio.wait_for(stream.write(data[start : start + (1 << 20)]), 30)
+    await stream.close_write()
+    echoed = hashlib.sha256()
+    received = 0
+    while chunk := await asyncio.wait_for(stream.read(), 30):
+        echoed.update(chunk)
+        received += len(chunk)
+    assert received == len(data)
+    assert echoed.digest() == hashlib.sha256(data).digest()
+
+
+async def test_an_exception_in_respond_resets_only_that_stream(server: Node, client: Node) -> None:
+    from .conftest import addr_of
+
+    server.set_handler(FRAGILE, fragile_handler)
+    conn = await client.dial(addr_of(server))
+    stream = await conn.new_stream([FRAGILE])
+    await stream.write(b"fine")
+    assert await stream.readexactly(4) == b"fine"
+    await stream.write(b"boom")
+    with pytest.raises(StreamResetError):
+        await asyncio.wait_for(stream.read(), 10)
+    assert len(await client.ping(server.peer_id, count=3)) == 3  # the connection still serves
