@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,10 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
             kinds=sorted(handlers),
             mdns=options.mdns,
         )
+        # What is alive now (modules, the node) lives as long as the process: keep the
+        # collector from rescanning it, which slowed the first thousand tasks by a third.
+        gc.collect()
+        gc.freeze()
         await stop.wait()
         out.emit("stopping", "shutting down: finishing running tasks", grace_s=options.grace)
         await server.shutdown(options.grace)

@@ -191,3 +191,31 @@ def test_allow_list_and_python_handler(cli_env: dict[str, str], tmp_path: Path) 
         assert log["peer"] != allowed_id
     finally:
         assert proc.stop() == 0
+
+
+async def test_serve_freezes_its_start_up_heap() -> None:
+    """Once listening, `serve` moves what it started with out of the collector's sight."""
+    import asyncio
+    import gc
+    from typing import Any
+
+    from p2pnode.cli import Output
+    from p2pnode.serve import ServeOptions, run_serve
+
+    loop = asyncio.get_running_loop()
+    frozen: list[int] = []
+
+    class Recorder(Output):
+        def emit(self, event: str, human: str, **fields: Any) -> None:
+            if event == "listening":
+                loop.call_soon(os.kill, os.getpid(), signal.SIGTERM)  # run_serve handles it
+            elif event == "stopping":
+                frozen.append(gc.get_freeze_count())
+
+    gc.unfreeze()
+    try:
+        options = ServeOptions(listen_addrs=["/ip4/127.0.0.1/tcp/0"], ephemeral=True, mdns=False)
+        await run_serve(options, Recorder(as_json=True))
+    finally:
+        gc.unfreeze()
+    assert frozen and frozen[0] > 1000

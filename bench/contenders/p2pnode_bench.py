@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,8 @@ async def serve(muxers: tuple[str, ...]) -> None:
     node.set_handler(BULK_PROTOCOL, bulk_handler)
     addr = str(node.listen_addrs[0].with_peer_id(node.peer_id))
     print(json.dumps({"event": "listening", "addr": addr}), flush=True)
+    gc.collect()  # as `p2pnode serve` does once it is up (p2pnode/serve.py)
+    gc.freeze()
     await until_stopped()
     await node.stop()
 
