@@ -110,7 +110,10 @@ def run_client(contender: Contender, server: Server, *args: str) -> tuple[dict[s
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    try:
+        lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    except ValueError as exc:  # one figure lost, not the run
+        raise RuntimeError(f"{' '.join(args)}: unreadable result line ({exc})") from None
     if result.returncode != 0 or not lines:
         message = lines[-1].get("message") if lines else result.stderr[-300:]
         raise RuntimeError(f"{' '.join(args)}: {message}")

@@ -23,6 +23,8 @@ const PING = '/ipfs/ping/1.0.0'
 const BLOCK = new Uint8Array(65536).fill(0xa5)
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
+// A line longer than the pipe's buffer is finished asynchronously: exit once it is written.
+const outAndExit = (obj, code) => process.stdout.write(JSON.stringify(obj) + '\n', () => process.exit(code))
 const now = () => performance.now()
 const toBytes = (chunk) => chunk instanceof Uint8Array ? chunk : chunk.subarray()
 
@@ -223,9 +225,8 @@ for (let i = 0; i < args.length; i++) {
 }
 try {
   if (positional[0] === 'server') await server(options)
-  else { out(await client(positional[1], positional[2], options)); process.exit(0) }
+  else outAndExit(await client(positional[1], positional[2], options), 0)
 } catch (err) {
-  out({ event: 'error', message: String(err?.message ?? err) })
   process.stderr.write(String(err?.stack) + '\n')
-  process.exit(1)
+  outAndExit({ event: 'error', message: String(err?.message ?? err) }, 1)
 }
