@@ -2,7 +2,7 @@
 
 Runs in its own virtualenv (bench/contenders/install_pylibp2p.sh), never in p2pnode's:
 ``bench/.contenders/pylibp2p-venv/bin/python -m bench.contenders.pylibp2p_bench ...`` from the
-repository root (running the file by its path works too).
+repository root (as a module: it imports the shared contract beside it).
 
 Both ends are py-libp2p with an Ed25519 identity, Noise as the only security protocol and the
 ``--muxer`` as the only stream muxer, so nothing else can be negotiated.
@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import multiaddr
@@ -37,29 +36,16 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-try:
-    from .contract import (
-        BULK_HEADER,
-        BULK_PROTOCOL,
-        BULK_RECEIVE,
-        BULK_SEND,
-        bulk_pieces,
-        parse_args,
-        run_and_report,
-        stdin_is_a_pipe,
-    )
-except ImportError:  # run by its path rather than with -m: import the contract from the repo
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bench.contenders.contract import (
-        BULK_HEADER,
-        BULK_PROTOCOL,
-        BULK_RECEIVE,
-        BULK_SEND,
-        bulk_pieces,
-        parse_args,
-        run_and_report,
-        stdin_is_a_pipe,
-    )
+from .contract import (
+    BULK_HEADER,
+    BULK_PROTOCOL,
+    BULK_RECEIVE,
+    BULK_SEND,
+    bulk_pieces,
+    parse_args,
+    run_and_report,
+    stdin_is_a_pipe,
+)
 
 PING = TProtocol("/ipfs/ping/1.0.0")
 TASK = TProtocol("/p2pnode/task/1.0.0")
