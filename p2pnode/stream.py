@@ -142,6 +142,7 @@ class Stream:
         (ping) answers with no task switch and no extra loop iteration. When flow
         control or a full socket holds an answer back, the rest is written from here
         and inline answering resumes. An exception from ``respond`` is raised here.
+        ``respond`` must not block, and must not reuse the buffer it returns.
         """
         while True:
             while self._chunks:
@@ -315,7 +316,7 @@ class _InlineAnswers:
         conn = stream._conn
         stream._inline = None  # one answer at a time; the task re-arms when it is done
         if conn._write_paused or stream._write_closed:
-            return False  # the socket is behind: buffer, and the task writes with back-pressure
+            return False  # buffer it: the task answers (and waits for the socket) or fails
         try:
             answer = memoryview(self.respond(data)).cast("B")
             conn._consumed(stream.stream_id, len(data))
