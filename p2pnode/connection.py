@@ -292,7 +292,12 @@ class Connection(asyncio.BufferedProtocol):
                     self._handle_event(event)
         finally:
             self._receiving = False
-        self._flush()
+        if self._unflushed:
+            self._flush()  # answers written inline: send them now
+        else:
+            # Only control frames (ACKs, window updates, pongs): they ride along with
+            # whatever the woken stream handlers write in the next iteration.
+            self._schedule_flush()
 
     def _handle_event(self, event: MuxerEvent) -> None:
         streams = self._streams

@@ -99,3 +99,35 @@ async def test_an_exception_in_respond_resets_only_that_stream(server: Node, cli
     with pytest.raises(StreamResetError):
         await asyncio.wait_for(stream.read(), 10)
     assert len(await client.ping(server.peer_id, count=3)) == 3  # the connection still serves
+
+
+async def test_a_new_streams_ack_rides_with_the_handlers_first_answer(
+    server: Node, client: Node
+) -> None:
+    """Accepting a stream queues a yamux ACK; it goes out with the handler's first write
+    (ACK, multistream reply, answer and FIN in one socket write), not in a write of its own."""
+    from .conftest import addr_of
+
+    async def greet(stream: Stream) -> None:
+        await stream.write(b"hi")
+
+    server.set_handler("/test/greet/1.0.0", greet)
+    conn = await client.dial(addr_of(server))
+    first = await conn.new_stream(["/test/greet/1.0.0"])  # the server then has nothing due
+    assert await first.read_until_eof(100) == b"hi"
+    (server_conn,) = server._connections[client.peer_id]
+    writes: list[bytes] = []
+    transport = server_conn._transport
+    real_write = transport.write
+
+    def counting_write(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        real_write(data)
+
+    transport.write = counting_write  # type: ignore[method-assign]
+    try:
+        stream = await conn.new_stream(["/test/greet/1.0.0"])
+        assert await stream.read_until_eof(100) == b"hi"
+    finally:
+        transport.write = real_write  # type: ignore[method-assign]
+    assert len(writes) == 1
