@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_CONCURRENT = 128
 REQUEST_READ_TIMEOUT = 30.0
 RESPONSE_WRITE_TIMEOUT = 30.0
+_STREAM_FAILED = "the stream failed"  # why a running handler was cancelled
+_GRACE_OVER = "the grace period ended"
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
@@ -120,7 +122,8 @@ class TaskServer:
         self.request_read_timeout = request_read_timeout
         self.response_write_timeout = response_write_timeout
         self.on_log = on_log
-        self._running: set[asyncio.Task[str]] = set()
+        self._running: set[asyncio.Task[None]] = set()  # stream tasks inside a handler
+        self._cancelled: dict[asyncio.Task[None], str] = {}  # why we cancelled a handler
         self._active = 0  # streams being served, from first byte to response written
         self._answering = 0  # task outputs being written to their peers
         self._idle = asyncio.Event()
@@ -144,7 +147,7 @@ class TaskServer:
                 await self._idle.wait()
         except TimeoutError:
             for task in list(self._running):
-                task.cancel()
+                self._cancel(task, _GRACE_OVER)
             async with asyncio.timeout(5):
                 await self._idle.wait()
 
@@ -241,31 +244,38 @@ class TaskServer:
             raise reject(ErrorCode.BUSY, f"{self.max_concurrent} tasks are already running")
 
     async def _run(self, request: TaskRequest, stream: Stream) -> str:
+        """Run the handler in this stream's own task: no task of its own, no extra hop."""
         timeout = request.timeout_ms / 1000 if request.timeout_ms else None
         if self.max_timeout is not None:
             timeout = min(timeout or self.max_timeout, self.max_timeout)
-        task = asyncio.ensure_future(self.handlers[request.kind].run(request))
-        self._running.add(task)
-        stream.on_fail(lambda _: task.cancel())  # nobody left to answer: stop the work
+        this = asyncio.current_task()
+        assert this is not None
+        handler = self.handlers[request.kind]
+        if stream.failed is not None:
+            raise stream.failed  # before on_fail would cancel this very step
+
+        def stop_the_work(_: Exception) -> None:  # nobody is left to answer
+            if this in self._running:
+                self._cancel(this, _STREAM_FAILED)
+
+        self._running.add(this)
+        stream.on_fail(stop_the_work)
         try:
             async with asyncio.timeout(timeout):
-                output = await asyncio.shield(task)
+                output = await handler.run(request)
         except TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             raise _Rejected(
                 error_response(request.task_id, ErrorCode.TIMEOUT, f"handler ran over {timeout}s")
             ) from None
         except asyncio.CancelledError:
-            if task.cancelled() and stream.failed is not None:
+            reason = self._cancelled.pop(this, None)
+            if reason is None or this.uncancel() > 0:
+                raise  # the stream's task itself is being stopped (node stop, connection lost)
+            if reason == _STREAM_FAILED and stream.failed is not None:
                 raise stream.failed from None
-            if not task.cancelled() or not self._shutting_down:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise
             raise _Rejected(
                 error_response(
-                    request.task_id, ErrorCode.SHUTTING_DOWN, "cancelled: the grace period ended"
+                    request.task_id, ErrorCode.SHUTTING_DOWN, f"cancelled: {_GRACE_OVER}"
                 )
             ) from None
         except HandlerFailedError as exc:
@@ -274,7 +284,9 @@ class TaskServer:
             message = f"handler raised {type(exc).__name__}: {exc}"
             raise _Rejected(error_response(request.task_id, ErrorCode.FAILED, message)) from None
         finally:
-            self._running.discard(task)
+            self._running.discard(this)
+            if self._cancelled.pop(this, None) is not None:
+                this.uncancel()  # cancelled as the handler returned: too late to matter
         if len(output) > self.max_response_size:
             raise _Rejected(
                 error_response(
@@ -284,6 +296,12 @@ class TaskServer:
                 )
             )
         return output
+
+    def _cancel(self, task: asyncio.Task[None], reason: str) -> None:
+        """Cancel a running handler, remembering why (once: the first reason counts)."""
+        if task not in self._cancelled:
+            self._cancelled[task] = reason
+            task.cancel()
 
     def _log(self, peer: PeerId, request: TaskRequest | None, response: TaskResponse) -> None:
         if self.on_log is None:

@@ -400,6 +400,60 @@ async def test_shutdown_grace_expiry_still_answers(make_server: MakeServer, clie
     assert server.running == 0
 
 
+async def test_node_stop_cancels_a_running_handler(make_server: MakeServer, client: Node) -> None:
+    """Handlers run in their stream's own task: stopping the node ends them too."""
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def stuck(request: TaskRequest) -> str:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return request.input
+
+    server = await make_server({"default": PythonHandler(stuck)})
+    running = asyncio.create_task(client.send_task(addr_of(server.node), "x"))
+    await asyncio.wait_for(entered.wait(), 10)
+    assert server.running == 1
+    await asyncio.wait_for(server.node.stop(), 10)
+    assert cancelled.is_set()
+    assert server.running == 0
+    with pytest.raises(P2PError):
+        await asyncio.wait_for(running, 10)
+
+
+async def test_a_handler_that_finishes_as_the_grace_ends_is_answered(
+    make_server: MakeServer, client: Node
+) -> None:
+    """A handler that catches the grace-period cancellation and returns is still answered,
+    and the stream's task is left able to write that answer."""
+
+    entered = asyncio.Event()
+
+    async def stubborn(request: TaskRequest) -> str:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "finished anyway"
+        return request.input
+
+    def log(record: TaskLogRecord) -> None:  # runs in the stream's task, after the answer
+        task = asyncio.current_task()
+        assert task is not None
+        pending_cancels.append(task.cancelling())
+
+    pending_cancels: list[int] = []
+    server = await make_server({"default": PythonHandler(stubborn)}, on_log=log)
+    running = asyncio.create_task(client.send_task(addr_of(server.node), "x"))
+    await asyncio.wait_for(entered.wait(), 10)
+    await server.shutdown(grace=0.1)
+    assert (await asyncio.wait_for(running, 10)).output == "finished anyway"
+    assert pending_cancels == [0]  # the cancellation it swallowed is not left pending
+
+
 async def test_every_task_is_logged(make_server: MakeServer, client: Node) -> None:
     records: list[TaskLogRecord] = []
     server = await make_server(on_log=records.append)
