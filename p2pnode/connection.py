@@ -387,7 +387,8 @@ class Connection(asyncio.BufferedProtocol):
         if self._write_paused and self._close_reason is None:
             if self._drain_waiter is None:
                 self._drain_waiter = self._loop.create_future()
-            await self._drain_waiter
+            # Shared by every writer: one of them being cancelled must not cancel it.
+            await asyncio.shield(self._drain_waiter)
 
     # -- shutting down -----------------------------------------------------------
 

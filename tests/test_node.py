@@ -211,3 +211,20 @@ def test_the_stack_runs_on_uvloop() -> None:
             await server.stop()
 
     uvloop.run(scenario())
+
+
+async def test_a_cancelled_writer_does_not_fail_the_others_waiting_for_the_socket(
+    server: Node, client: Node
+) -> None:
+    """Writers wait for a full socket to drain on one shared future: cancelling one writer
+    (e.g. its response timed out) leaves the others waiting, then writing."""
+    conn = await client.dial(addr_of(server))
+    conn.pause_writing()  # as asyncio does when the socket's buffer is full
+    first = asyncio.create_task(conn._drained())
+    second = asyncio.create_task(conn._drained())
+    await asyncio.sleep(0)  # both are now waiting
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    conn.resume_writing()
+    await asyncio.wait_for(second, 5)
+    assert first.cancelled() and second.done() and not second.cancelled()
