@@ -153,7 +153,8 @@ class Node:
         try:
             selector = MultistreamListener(self._handlers.__contains__)
             taken = 0
-            async with asyncio.timeout(self.config.negotiation_timeout):
+            stream.set_deadline(self.config.negotiation_timeout)
+            try:
                 while not selector.done:
                     chunk = await stream._read_raw()
                     if not chunk:
@@ -163,6 +164,11 @@ class Node:
                     reply = selector.receive_data(chunk)
                     if reply:
                         await stream.write(reply)
+            except P2PTimeoutError:
+                log.info("%r: protocol negotiation timed out", stream)
+                stream.reset()
+                return
+            stream.set_deadline(None)
             assert selector.selected is not None
             stream.protocol = selector.selected
             stream._return_unused(taken, selector.leftover())
@@ -174,9 +180,6 @@ class Node:
         except asyncio.CancelledError:
             stream.reset()
             raise
-        except TimeoutError:
-            log.info("%r: protocol negotiation timed out", stream)
-            stream.reset()
         except P2PError as exc:
             log.info("%r ended with an error: %s", stream, exc)
             stream.reset()

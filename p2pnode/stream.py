@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from .errors import (
     ConnectionClosedError,
     DecodeError,
+    P2PTimeoutError,
     StreamClosedError,
     StreamResetError,
 )
@@ -34,6 +35,7 @@ class Stream:
     __slots__ = (
         "_chunks",
         "_conn",
+        "_deadline",
         "_eof",
         "_error",
         "_inline",
@@ -62,6 +64,7 @@ class Stream:
         self._negotiation: MultistreamDialer | None = None
         self._on_fail: list[Callable[[Exception], object]] | None = None
         self._inline: _InlineAnswers | None = None  # set while answer_inline() runs
+        self._deadline: float | None = None  # loop time after which waits fail
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} {self.protocol or '?'} to {self._conn.remote_peer}>"
@@ -89,6 +92,14 @@ class Stream:
             self._on_fail = [callback]
         else:
             self._on_fail.append(callback)
+
+    def set_deadline(self, seconds: float | None) -> None:
+        """Make reads and writes that are still waiting ``seconds`` from now fail with
+        P2PTimeoutError; None removes the deadline.
+
+        Free while data and credit are at hand: a timer is armed only for a wait.
+        """
+        self._deadline = None if seconds is None else self._conn._loop.time() + seconds
 
     @property
     def at_eof(self) -> bool:
@@ -195,9 +206,25 @@ class Stream:
         waiter = conn._loop.create_future()
         self._read_waiter = waiter
         try:
-            await waiter
+            await self._wait(waiter, "no data from the peer")
         finally:
             self._read_waiter = None
+
+    async def _wait(self, waiter: asyncio.Future[None], what: str) -> None:
+        """Await ``waiter``, failing it with P2PTimeoutError at the stream's deadline."""
+        deadline = self._deadline
+        if deadline is None:
+            await waiter
+            return
+        loop = self._conn._loop
+        if loop.time() >= deadline:
+            waiter.cancel()
+            raise P2PTimeoutError(f"{self!r}: {what} before its deadline")
+        timer = loop.call_at(deadline, _expire, waiter, f"{self!r}: {what} before its deadline")
+        try:
+            await waiter
+        finally:
+            timer.cancel()
 
     async def _finish_negotiation(self) -> None:
         dialer = self._negotiation
@@ -260,8 +287,11 @@ class Stream:
                 raise StreamClosedError(f"cannot write to {self!r}: it is closed for writing")
             sent = conn._send(self.stream_id, view[:_WRITE_PIECE])
             view = view[sent:]
-            if conn._write_paused:
-                await conn._drained()  # the socket is behind: queue no more than it holds
+            if conn._write_paused:  # the socket is behind: queue no more than it holds
+                if self._deadline is None:
+                    await conn._drained()
+                else:
+                    await self._drained_by_deadline()
             if not view:
                 break
             if sent:
@@ -269,9 +299,19 @@ class Stream:
             waiter = conn._loop.create_future()  # no flow-control credit: wait for some
             self._write_waiter = waiter
             try:
-                await waiter
+                await self._wait(waiter, "no flow-control credit from the peer")
             finally:
                 self._write_waiter = None
+
+    async def _drained_by_deadline(self) -> None:
+        assert self._deadline is not None
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                await self._conn._drained()
+        except TimeoutError:
+            raise P2PTimeoutError(
+                f"{self!r}: the socket did not drain before the stream's deadline"
+            ) from None
 
     async def close_write(self) -> None:
         """Half-close: tell the peer we will send nothing more. Reading still works."""
@@ -299,6 +339,11 @@ class Stream:
             self.reset()
         else:
             await self.close()
+
+
+def _expire(waiter: asyncio.Future[None], message: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(P2PTimeoutError(message))
 
 
 class _InlineAnswers:

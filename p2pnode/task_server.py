@@ -187,27 +187,27 @@ class TaskServer:
         self._log(stream.remote_peer, request, response)
 
     async def _answer(self, stream: Stream, response: TaskResponse) -> None:
+        stream.set_deadline(self.response_write_timeout)
         try:
-            async with asyncio.timeout(self.response_write_timeout):
-                await stream.write(encode_frame(encode_response(response)))
-                await stream.close()
-        except TimeoutError:
+            await stream.write(encode_frame(encode_response(response)))
+            await stream.close()
+        except P2PTimeoutError:
             raise P2PTimeoutError(
                 f"the peer did not take the response within {self.response_write_timeout}s"
             ) from None
 
     async def _read_request(self, stream: Stream) -> TaskRequest:
         decoder = FrameDecoder(self.max_request_size)
+        stream.set_deadline(self.request_read_timeout)
         try:
-            async with asyncio.timeout(self.request_read_timeout):
-                while True:
-                    chunk = await stream.read()
-                    if not chunk:
-                        raise DecodeError("stream ended before a whole request arrived")
-                    messages = decoder.receive_data(chunk)
-                    if messages:
-                        body = messages[0]
-                        break
+            while True:
+                chunk = await stream.read()
+                if not chunk:
+                    raise DecodeError("stream ended before a whole request arrived")
+                messages = decoder.receive_data(chunk)
+                if messages:
+                    body = messages[0]
+                    break
         except MessageTooLargeError as exc:
             response = error_response("", ErrorCode.TOO_LARGE, str(exc))
             raise _Rejected(response, unread=True) from None
