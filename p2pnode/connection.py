@@ -294,7 +294,7 @@ class Connection(asyncio.BufferedProtocol):
             self._receiving = False
         if self._unflushed:
             self._flush()  # answers written inline: send them now
-        else:
+        elif self._muxer.has_data_to_send:
             # Only control frames (ACKs, window updates, pongs): they ride along with
             # whatever the woken stream handlers write in the next iteration.
             self._schedule_flush()

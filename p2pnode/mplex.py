@@ -263,6 +263,10 @@ class MplexSession:
     def go_away(self, code: int = 0) -> None:
         self._going_away = True  # mplex has no GoAway frame: refuse new streams from now on
 
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         out = self._out
         if not out:

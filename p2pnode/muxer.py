@@ -128,3 +128,8 @@ class MuxerSession(Protocol):
     def data_to_send(self) -> bytes:
         """Return and forget all bytes queued for the peer."""
         ...
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """True if :meth:`data_to_send` would return bytes."""
+        ...

@@ -566,6 +566,10 @@ class YamuxSession:
         self._local_goaway = True
         self._out.append(_pack_header(0, _GO_AWAY, 0, 0, code))
 
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         """Return and forget all bytes queued for the peer."""
         out = self._out

@@ -195,3 +195,14 @@ def test_interleaved_streams_deliver_exactly_what_was_sent(
     for index, key in enumerate(keys):
         expected = b"".join(p for i, p in writes if i == index)
         assert bytes(received.get(key + 1, b"")) == expected
+
+
+def test_has_data_to_send_tracks_the_queue() -> None:
+    a, b = pair()
+    assert not a.has_data_to_send
+    stream = a.open_stream()  # NewStream frame queued
+    assert a.has_data_to_send
+    shuttle(a, b)
+    assert not a.has_data_to_send
+    b.consumed(stream, 0)
+    assert not b.has_data_to_send  # consuming never queues anything: no flow control

@@ -190,9 +190,12 @@ def test_window_update_bytes_after_consumption() -> None:
     server.receive_data(client.data_to_send())
     # consumed() says whether it queued anything, so the connection flushes only then
     assert server.consumed(stream_id, 128 * KIB - 1) is False
+    assert not server.has_data_to_send
     assert server.data_to_send() == b""  # below half the window: no update yet
     assert server.consumed(stream_id, 1) is True
+    assert server.has_data_to_send
     assert server.data_to_send() == h("00 01 0000 00000001 00020000")
+    assert not server.has_data_to_send
 
 
 # -- streams -------------------------------------------------------------------------
