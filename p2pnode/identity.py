@@ -205,7 +205,7 @@ class PeerId:
 
     def __init__(self, multihash: bytes) -> None:
         self._multihash = multihash
-        self._text = b58encode(multihash)
+        self._text: str | None = None  # base58 text, made when first asked for
 
     @classmethod
     def from_public_key_protobuf(cls, data: bytes) -> PeerId:
@@ -240,9 +240,11 @@ class PeerId:
             raise IdentityError("empty PeerId")
         if text[0] in "1Q":
             try:
-                return cls.from_bytes(b58decode(text))
+                peer = cls.from_bytes(b58decode(text))
             except DecodeError as exc:
                 raise IdentityError(f"invalid PeerId {text!r}: {exc}") from None
+            peer._text = text  # base58btc has one spelling per value: this is it
+            return peer
         if text[0] == "b":
             return cls._from_cid(text)
         raise IdentityError(
@@ -276,10 +278,13 @@ class PeerId:
         return PublicKey.from_protobuf(self._multihash[2:])
 
     def __str__(self) -> str:
-        return self._text
+        text = self._text
+        if text is None:
+            text = self._text = b58encode(self._multihash)
+        return text
 
     def __repr__(self) -> str:
-        return f"PeerId({self._text!r})"
+        return f"PeerId({str(self)!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PeerId) and other._multihash == self._multihash

@@ -7,6 +7,7 @@ size for ip4/ip6/ports, varint-length-prefixed for names and ids, nothing for fl
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -138,7 +139,15 @@ class Multiaddr:
 
     @classmethod
     def from_string(cls, text: str) -> Multiaddr:
-        """Parse the text form; MultiaddrError names the bad part."""
+        """Parse the text form; MultiaddrError names the bad part.
+
+        Recently parsed texts are remembered (multiaddrs are immutable): dialing the
+        same address again does not parse it again.
+        """
+        return _parse_text(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Multiaddr:
         if not text.startswith("/"):
             raise MultiaddrError(f"multiaddr {text!r} must start with '/'")
         parts = text.rstrip("/").split("/")[1:]
@@ -284,3 +293,6 @@ class Multiaddr:
         """True for the unspecified addresses 0.0.0.0 and ::."""
         host = self.value_for("ip4") or self.value_for("ip6")
         return host is not None and ipaddress.ip_address(host).is_unspecified
+
+
+_parse_text = functools.lru_cache(maxsize=1024)(Multiaddr._parse)

@@ -58,32 +58,53 @@ def decode_payload(data: bytes) -> tuple[bytes, bytes]:
     return key, sig
 
 
-class NoiseHandshake:
-    """One side of the XX handshake; becomes ``complete`` once the peer is authenticated."""
+class NoiseStaticKey:
+    """A Noise static DH key and the identity's signature over it, as sent in the handshake.
 
-    def __init__(
-        self, identity: Identity, *, initiator: bool, expected_peer: PeerId | None = None
-    ) -> None:
+    Make one per identity and pass it to every :class:`NoiseHandshake`: the spec lets a
+    node keep its static key (rust- and js-libp2p do), and it saves a key generation and
+    a signature per connection.
+    """
+
+    __slots__ = ("payload", "private_bytes")
+
+    def __init__(self, identity: Identity) -> None:
         static = X25519PrivateKey.generate()
-        static_public = static.public_key().public_bytes(
+        public = static.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        self._payload = encode_payload(
-            identity.public_key.to_protobuf(), identity.sign(SIGNATURE_PREFIX + static_public)
+        self.private_bytes = static.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
         )
+        self.payload = encode_payload(
+            identity.public_key.to_protobuf(), identity.sign(SIGNATURE_PREFIX + public)
+        )
+
+
+class NoiseHandshake:
+    """One side of the XX handshake; becomes ``complete`` once the peer is authenticated.
+
+    ``identity`` is an :class:`Identity` (a fresh static key for this handshake) or a
+    :class:`NoiseStaticKey` made from one (the key is reused).
+    """
+
+    def __init__(
+        self,
+        identity: Identity | NoiseStaticKey,
+        *,
+        initiator: bool,
+        expected_peer: PeerId | None = None,
+    ) -> None:
+        static = identity if isinstance(identity, NoiseStaticKey) else NoiseStaticKey(identity)
+        self._payload = static.payload
         self._noise = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
         if initiator:
             self._noise.set_as_initiator()
         else:
             self._noise.set_as_responder()
-        self._noise.set_keypair_from_private_bytes(
-            Keypair.STATIC,
-            static.private_bytes(
-                serialization.Encoding.Raw,
-                serialization.PrivateFormat.Raw,
-                serialization.NoEncryption(),
-            ),
-        )
+        self._noise.set_keypair_from_private_bytes(Keypair.STATIC, static.private_bytes)
         self._noise.start_handshake()
         self._initiator = initiator
         self._expected_peer = expected_peer
@@ -91,6 +112,7 @@ class NoiseHandshake:
         self._messages_read = 0
         self._complete = False
         self._remote_key: PublicKey | None = None
+        self.remote_static_key = b""  # the peer's Noise static key, once authenticated
 
     @property
     def complete(self) -> bool:
@@ -164,6 +186,7 @@ class NoiseHandshake:
                 "check the /p2p part of the address"
             )
         self._remote_key = key
+        self.remote_static_key = bytes(remote_static)
 
     @staticmethod
     def _frame(message: bytes) -> bytes:

@@ -9,7 +9,6 @@ TCP's handshake plus two round trips.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from .multiaddr import Multiaddr
 from .multistream import MultistreamDialer, MultistreamListener
 from .muxer import MuxerSession
 from .noise import PROTOCOL_ID as NOISE_ID
-from .noise import NoiseHandshake, NoiseTransport
+from .noise import NoiseHandshake, NoiseStaticKey, NoiseTransport
 from .yamux import PROTOCOL_ID as YAMUX_ID
 from .yamux import YamuxConfig, YamuxSession
 
@@ -50,6 +49,10 @@ class TransportConfig:
     keepalive_interval: float | None = 30.0
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
     mplex: MplexConfig = field(default_factory=MplexConfig)
+    noise_key: NoiseStaticKey = field(init=False)  # one static key for every handshake
+
+    def __post_init__(self) -> None:
+        self.noise_key = NoiseStaticKey(self.identity)
 
     def make_muxer(self, protocol_id: str, *, is_initiator: bool) -> MuxerSession:
         if protocol_id == YAMUX_ID:
@@ -114,9 +117,8 @@ class _HandshakeProtocol(asyncio.Protocol):
 
 
 def _sockaddr_to_multiaddr(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> Multiaddr:
-    host, port = sockaddr[0], sockaddr[1]
-    family = "ip6" if ipaddress.ip_address(host.split("%")[0]).version == 6 else "ip4"
-    return Multiaddr.from_string(f"/{family}/{host.split('%')[0]}/tcp/{port}")
+    host, port = sockaddr[0].split("%")[0], sockaddr[1]  # a socket's address: well formed
+    return Multiaddr.from_string(f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}")
 
 
 async def _select_muxer(
@@ -144,7 +146,7 @@ async def _negotiate_security_dialer(
 ) -> _Upgraded:
     """Dialer side of the upgrade."""
     security = MultistreamDialer([NOISE_ID], optimistic=True)
-    noise = NoiseHandshake(config.identity, initiator=True, expected_peer=expected_peer)
+    noise = NoiseHandshake(config.noise_key, initiator=True, expected_peer=expected_peer)
     raw.write(security.initial_bytes() + noise.start())
     while not security.done:
         security.receive_data(await raw.receive())
@@ -169,7 +171,7 @@ async def _negotiate_security_listener(
         if reply:
             raw.write(reply)
     pending = security.leftover()
-    noise = NoiseHandshake(config.identity, initiator=False)
+    noise = NoiseHandshake(config.noise_key, initiator=False)
     while not noise.complete:
         reply = noise.receive_data(pending or await raw.receive())
         pending = b""

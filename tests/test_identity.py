@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pnode._base58 import ALPHABET, b58decode, b58encode
 from p2pnode.errors import IdentityError, P2PError
 from p2pnode.identity import Identity, KeyType, PeerId, PublicKey, default_identity_path
 
@@ -135,3 +136,16 @@ def test_any_bytes_give_a_peer_id_or_our_error(data: bytes) -> None:
 def test_any_text_gives_a_peer_id_or_our_error(text: str) -> None:
     with contextlib.suppress(P2PError):
         PeerId.from_string(text)
+
+
+@given(st.text(alphabet=ALPHABET, max_size=60))
+def test_base58_spells_each_value_once(text: str) -> None:
+    """PeerId.from_string keeps the text it was given as the PeerId's text: right only
+    because every base58 text is the one spelling of the bytes it decodes to."""
+    assert b58encode(b58decode(text)) == text
+
+
+def test_peer_id_from_string_keeps_its_text() -> None:
+    peer = Identity.generate().peer_id
+    parsed = PeerId.from_string(str(peer))
+    assert parsed == peer and str(parsed) == str(peer) and repr(parsed) == repr(peer)

@@ -101,3 +101,11 @@ def test_generated_addresses_round_trip(ip: object, port: int) -> None:
     addr = Multiaddr.from_string(f"/{family}/{ip}/tcp/{port}")
     assert Multiaddr.from_bytes(addr.to_bytes()) == addr
     assert addr.tcp_host_port() == (str(ip), port)
+
+
+def test_parsing_is_remembered_but_errors_are_not() -> None:
+    text = "/ip4/10.0.0.1/tcp/4001"
+    assert Multiaddr.from_string(text) is Multiaddr.from_string(text)  # parsed once
+    for _ in range(2):
+        with pytest.raises(MultiaddrError):
+            Multiaddr.from_string("/ip4/300.0.0.1/tcp/1")

@@ -14,6 +14,7 @@ from p2pnode.noise import (
     MAX_PLAINTEXT,
     SIGNATURE_PREFIX,
     NoiseHandshake,
+    NoiseStaticKey,
     NoiseTransport,
     decode_payload,
     encode_payload,
@@ -192,3 +193,22 @@ def test_receive_into_a_reused_buffer_matches_receive_data(
             assert plaintext.obj is scratch  # decrypted in place, not copied
         received += plaintext
     assert received == b"".join(messages)
+
+
+def test_a_static_key_is_reused_across_handshakes() -> None:
+    """One NoiseStaticKey per node: every handshake sends the same signed key, and each
+    still authenticates (the spec allows reuse; rust- and js-libp2p do the same)."""
+    alice, bob = Identity.generate(), Identity.generate()
+    key = NoiseStaticKey(alice)
+    remote_statics = []
+    for _ in range(2):
+        initiator = NoiseHandshake(key, initiator=True, expected_peer=bob.peer_id)
+        responder = NoiseHandshake(bob, initiator=False)
+        message_2 = responder.receive_data(initiator.start())
+        message_3 = initiator.receive_data(message_2)
+        responder.receive_data(message_3)
+        assert initiator.complete and responder.complete
+        assert responder.remote_peer == alice.peer_id
+        remote_statics.append(responder.remote_static_key)
+    assert len(remote_statics[0]) == 32 and remote_statics[0] == remote_statics[1]
+    assert NoiseStaticKey(alice).private_bytes != key.private_bytes  # a new one per instance
