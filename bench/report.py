@@ -147,7 +147,7 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
     for title, rows, field in (
-        ("Throughput (MB/s)", THROUGHPUT_ROWS, "mb_per_s"),
+        ("Throughput (MB/s, median of 3 transfers)", THROUGHPUT_ROWS, "mb_per_s"),
         ("Tasks per second", RATE_ROWS, "tasks_per_s"),
     ):
         lines += [
