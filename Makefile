@@ -49,10 +49,10 @@ $(BENCH_JS_STAMP): bench/js/package.json
 	cd bench/js && npm install --no-audit --no-fund --loglevel=error
 	touch $(BENCH_JS_STAMP)
 
+# compileall: byte-compile p2pnode as pip does for a regular install (the editable one
+# skips it); otherwise every process start measured would compile the sources again.
 bench-setup: $(BENCH_STAMP) $(BENCH_JS_STAMP)
 	bash bench/contenders/install_pylibp2p.sh
-	# byte-compile p2pnode as pip does for a regular install (the editable one skips it):
-	# otherwise every process start measured would compile the sources again
 	$(PY) -m compileall -q p2pnode
 
 bench: bench-setup
