@@ -94,10 +94,11 @@ class Stream:
             self._on_fail.append(callback)
 
     def set_deadline(self, seconds: float | None) -> None:
-        """Make reads and writes that are still waiting ``seconds`` from now fail with
-        P2PTimeoutError; None removes the deadline.
+        """Make reads and writes that start waiting after this call fail with
+        P2PTimeoutError ``seconds`` from now; None removes the deadline.
 
-        Free while data and credit are at hand: a timer is armed only for a wait.
+        Free while data and credit are at hand: a timer is armed only for a wait. A wait
+        already under way keeps the deadline it started with.
         """
         self._deadline = None if seconds is None else self._conn._loop.time() + seconds
 
@@ -155,6 +156,8 @@ class Stream:
         and inline answering resumes. An exception from ``respond`` is raised here.
         ``respond`` must not block, and must not reuse the buffer it returns.
         """
+        if self._negotiation is not None:
+            await self._finish_negotiation()  # the peer's multistream answer is not data
         while True:
             while self._chunks:
                 data = await self.read()
@@ -171,8 +174,8 @@ class Stream:
                 self._inline = None
             if inline.error is not None:
                 raise inline.error
-            if inline.held:
-                await self.write(inline.held)
+            if inline.held is not None:
+                await self.write(inline.held)  # (empty: just wait for the socket to drain)
 
     async def _read_raw(self) -> bytes:
         """Take the next buffered chunk without flow-control accounting; b"" at EOF.
@@ -365,7 +368,10 @@ class _InlineAnswers:
         try:
             answer = memoryview(self.respond(data)).cast("B")
             conn._consumed(stream.stream_id, len(data))
-            sent = conn._send(stream.stream_id, answer) if answer else 0
+            # No send window may mean the peer reset the stream in this very read: leave
+            # the answer to the task, which sees the reset once its event is handled.
+            room = conn._muxer.send_window(stream.stream_id) if answer else 0
+            sent = conn._send(stream.stream_id, answer) if room else 0
         except Exception as exc:  # raised to the task in answer_inline
             self.error = exc
             stream._wake_reader()

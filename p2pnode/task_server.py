@@ -286,7 +286,7 @@ class TaskServer:
         finally:
             self._running.discard(this)
             if self._cancelled.pop(this, None) is not None:
-                this.uncancel()  # cancelled as the handler returned: too late to matter
+                this.uncancel()  # the handler swallowed our cancellation and returned
         if len(output) > self.max_response_size:
             raise _Rejected(
                 error_response(

@@ -131,3 +131,50 @@ async def test_a_new_streams_ack_rides_with_the_handlers_first_answer(
     finally:
         transport.write = real_write  # type: ignore[method-assign]
     assert len(writes) == 1
+
+
+async def test_an_optimistic_dialer_answers_data_not_the_negotiation(
+    server: Node, client: Node
+) -> None:
+    """On a stream opened optimistically, the peer's multistream answer is checked, not
+    answered as if it were data."""
+    from .conftest import addr_of
+
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def talk(stream: Stream) -> None:
+        await stream.write(b"hello")
+        await stream.close_write()
+        got.set_result(await stream.read_until_eof(10_000))
+
+    server.set_handler("/test/talk/1.0.0", talk)
+    conn = await client.dial(addr_of(server))
+    stream = await conn.new_stream(["/test/talk/1.0.0"], optimistic=True)
+    await asyncio.wait_for(stream.answer_inline(bytes.upper), 10)
+    await stream.close()
+    assert await asyncio.wait_for(got, 10) == b"HELLO"
+
+
+async def test_data_and_reset_in_one_read_end_with_the_reset(server: Node, client: Node) -> None:
+    """The peer's last data and its RST arrive together: the handler learns of the reset
+    (not of a misuse of its own), and the connection goes on."""
+    from .conftest import addr_of
+
+    outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def upper(stream: Stream) -> None:
+        try:
+            await stream.answer_inline(bytes.upper)
+        except Exception as exc:
+            outcome.set_result(exc)
+            raise
+
+    server.set_handler(UPPER, upper)
+    conn = await client.dial(addr_of(server))
+    stream = await conn.new_stream([UPPER])
+    await stream.write(b"abc")
+    assert await stream.readexactly(3) == b"ABC"
+    await stream.write(b"x")  # queued, and the RST below goes out in the same flush
+    stream.reset()
+    assert isinstance(await asyncio.wait_for(outcome, 10), StreamResetError)
+    assert len(await client.ping(server.peer_id, count=2)) == 2
