@@ -117,6 +117,18 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     ]
 
 
+def _speed_line(machine: dict[str, Any]) -> list[str]:
+    speed = machine.get("python_speed_ms")
+    if not speed:
+        return []
+    return [
+        "",
+        f"CPU speed reference (a fixed pure-Python loop, lower is faster): "
+        f"{speed[0]:.1f} ms at the start of the run, {speed[1]:.1f} ms at its end. "
+        "Compare absolute figures of two runs only at a similar reference.",
+    ]
+
+
 def markdown(data: dict[str, Any]) -> str:
     names = [n for n, c in data["contenders"].items() if c["available"]]
     machine = data["machine"]
@@ -125,6 +137,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Machine: {machine['cores']} cores, Python {machine['python']}, Node {machine['node']}, "
         f"{machine['platform']}. Client and server in separate processes on loopback.",
+        *_speed_line(machine),
         "",
         "## Latency (ms, p50 / p99)",
         "",

@@ -234,6 +234,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     started = time.monotonic()
+    speed_before = system.python_speed_ms()
     everyone = contenders()
     if args.only:
         prefixes = args.only.split(",")
@@ -260,6 +261,7 @@ def main() -> None:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "node": system.node_version(),
+            "python_speed_ms": [speed_before, system.python_speed_ms()],  # start, end of run
         },
         "contenders": {
             c.name: {"available": c.available, "why_not": c.why_not, "results": c.results}

@@ -30,6 +30,21 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def python_speed_ms() -> float:
+    """Milliseconds a fixed pure-Python workload takes (best of 5): this run's CPU speed.
+
+    Shared VMs change speed from hour to hour; this figure lets two reports be compared.
+    """
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def node_version() -> str:
     try:
         return subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
