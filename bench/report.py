@@ -160,7 +160,11 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
     for title, rows, field in (
-        ("Throughput (MB/s, median of 3 transfers)", THROUGHPUT_ROWS, "mb_per_s"),
+        (
+            f"Throughput (MB/s, median of {data.get('throughput_runs', 1)} transfers)",
+            THROUGHPUT_ROWS,
+            "mb_per_s",
+        ),
         ("Tasks per second", RATE_ROWS, "tasks_per_s"),
     ):
         lines += [

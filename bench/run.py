@@ -169,6 +169,16 @@ def plan(quick: bool, contender_scale: float = 1.0) -> list[tuple[str, list[str]
     return steps
 
 
+def contender_plan(contender: Contender, quick: bool) -> list[tuple[str, list[str]]]:
+    """The steps for one contender: a quick run measures the slow libp2p contenders only
+    where the targets or the latency plot compare p2pnode with them."""
+    steps = plan(quick, contender.scale)
+    if quick and contender.name.startswith(("py-libp2p", "js-libp2p")):
+        steps = [step for step in steps if step[0] in QUICK_FIGURES_OTHERS]
+    return steps
+
+
+QUICK_FIGURES_OTHERS = {"ping", "task_64", "throughput_1_up", "throughput_1_down"}
 QUICK_FIGURES = {
     "connect",
     "ping",
@@ -182,19 +192,23 @@ QUICK_FIGURES = {
 
 
 # One bulk transfer is at the mercy of the scheduler (a run on a shared 2-core VM can
-# halve it): each throughput figure is the median of this many transfers.
+# halve it): each throughput figure is the median of this many transfers (one when quick).
 THROUGHPUT_RUNS = 3
+
+
+def throughput_runs(quick: bool) -> int:
+    return 1 if quick else THROUGHPUT_RUNS
 
 
 def measure(contender: Contender, quick: bool) -> None:
     server = Server(contender)
     try:
-        for key, args in plan(quick, contender.scale):
+        for key, args in contender_plan(contender, quick):
             progress(f"  {contender.name:20} {key:20} ...")
             cpu_before = server.cpu_seconds()
             runs: list[tuple[dict[str, Any], float]] = []
             failure: Exception | None = None
-            for _ in range(THROUGHPUT_RUNS if args[0] == "throughput" else 1):
+            for _ in range(throughput_runs(quick) if args[0] == "throughput" else 1):
                 try:
                     runs.append(run_client(contender, server, *args))
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -256,6 +270,7 @@ def main() -> None:
     data = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick,
+        "throughput_runs": throughput_runs(args.quick),
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),
