@@ -18,7 +18,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -127,7 +127,7 @@ class PublicKey:
 
     @classmethod
     def from_ed25519(cls, key: ed25519.Ed25519PublicKey) -> PublicKey:
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = key.public_bytes_raw()
         return cls(KeyType.ED25519, key, _encode_key_protobuf(KeyType.ED25519, raw))
 
     @classmethod
@@ -147,7 +147,10 @@ class PublicKey:
             elif key_type is KeyType.ECDSA and raw[:1] == b"\x30" and b"\xa1" in raw[:40]:
                 key = _load_sec1_style_ecdsa(raw)
             else:
-                key = serialization.load_der_public_key(raw)
+                # imported here: the serialization package costs ~15 ms at start-up
+                from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+                key = load_der_public_key(raw)
                 expected = (
                     rsa.RSAPublicKey if key_type is KeyType.RSA else ec.EllipticCurvePublicKey
                 )
@@ -312,14 +315,8 @@ class Identity:
 
     def to_private_key_protobuf(self) -> bytes:
         """libp2p ``PrivateKey`` protobuf: Ed25519 Data is the 32-byte seed then the public key."""
-        seed = self._private_key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        public = self._private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        seed = self._private_key.private_bytes_raw()
+        public = self._private_key.public_key().public_bytes_raw()
         return _encode_key_protobuf(KeyType.ED25519, seed + public)
 
     @classmethod

@@ -13,10 +13,8 @@ from __future__ import annotations
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from noise.connection import Keypair, NoiseConnection
 
 from ._protobuf import LENGTH_DELIMITED, encode_bytes_field, iter_fields
 from .errors import DecodeError, HandshakeError, IdentityError, PeerIdMismatchError
@@ -70,14 +68,8 @@ class NoiseStaticKey:
 
     def __init__(self, identity: Identity) -> None:
         static = X25519PrivateKey.generate()
-        public = static.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self.private_bytes = static.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        public = static.public_key().public_bytes_raw()
+        self.private_bytes = static.private_bytes_raw()
         self.payload = encode_payload(
             identity.public_key.to_protobuf(), identity.sign(SIGNATURE_PREFIX + public)
         )
@@ -97,6 +89,10 @@ class NoiseHandshake:
         initiator: bool,
         expected_peer: PeerId | None = None,
     ) -> None:
+        # noiseprotocol (and the serialization package it loads, ~30 ms together) is
+        # imported by the first handshake, not by every process that imports p2pnode
+        from noise.connection import Keypair, NoiseConnection
+
         static = identity if isinstance(identity, NoiseStaticKey) else NoiseStaticKey(identity)
         self._payload = static.payload
         self._noise = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
