@@ -34,6 +34,31 @@ from .stream import Stream
 
 __version__ = "0.1.0"
 
+# Task protocol names, imported on first use so that `import p2pnode` stays light.
+_LAZY = {
+    "TaskServer": "task_server",
+    "EchoHandler": "task_handlers",
+    "ExecHandler": "task_handlers",
+    "PythonHandler": "task_handlers",
+    "send_task": "task_client",
+    "TaskResult": "task_client",
+    "TaskRequest": "task",
+    "TaskError": "task",
+    "TaskRefusedError": "task",
+    "TaskFailedError": "task",
+    "TaskTimeoutError": "task",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'p2pnode' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
 __all__ = [
     "AGENT_VERSION",
     "Connection",
@@ -42,6 +67,8 @@ __all__ = [
     "DecodeError",
     "DialError",
     "DiscoveryError",
+    "EchoHandler",
+    "ExecHandler",
     "HandshakeError",
     "Identity",
     "IdentityError",
@@ -58,8 +85,17 @@ __all__ = [
     "PeerIdMismatchError",
     "ProtocolNotSupportedError",
     "PublicKey",
+    "PythonHandler",
     "RemoteProtocolError",
     "Stream",
     "StreamClosedError",
     "StreamResetError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskRefusedError",
+    "TaskRequest",
+    "TaskResult",
+    "TaskServer",
+    "TaskTimeoutError",
+    "send_task",
 ]
