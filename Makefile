@@ -25,6 +25,7 @@ js-peer: $(JS_STAMP)
 lint: venv
 	$(VENV)/bin/ruff check p2pnode tests bench
 	$(VENV)/bin/ruff format --check p2pnode
+	$(VENV)/bin/lint-imports
 
 typecheck: venv
 	$(VENV)/bin/mypy

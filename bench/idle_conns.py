@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from p2pnode.cli import raise_open_file_limit
-from p2pnode.identity import Identity
-from p2pnode.multiaddr import Multiaddr
-from p2pnode.transport import TransportConfig, dial
+from p2pnode.cli.output import raise_open_file_limit
+from p2pnode.net.transport import TransportConfig, dial
+from p2pnode.wire.identity import Identity
+from p2pnode.wire.multiaddr import Multiaddr
 
 
 async def main(addr: str, count: int) -> None:

@@ -111,7 +111,7 @@ def startup_and_memory(runs: int, idle_connections: int) -> dict[str, Any]:
 def discovery(runs: int) -> dict[str, Any]:
     """In two private namespaces: how fast a running peer sees a new node, and how fast a
     fresh ``send-task <peer-id>`` process resolves a running one."""
-    from p2pnode.netns import namespaces_unavailable, two_hosts
+    from p2pnode.demo.netns import namespaces_unavailable, two_hosts
 
     reason = namespaces_unavailable()
     if reason is not None:

@@ -1,5 +1,5 @@
 """python -m p2pnode: the command line."""
 
-from .cli import main
+from p2pnode.cli.main import main
 
 main()

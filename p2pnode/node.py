@@ -1,40 +1,45 @@
-"""The Node: listeners, connections, protocol handlers and the built-in protocols."""
+"""The Node: listeners, connections, protocol handlers, the built-in protocols, and peer
+routing (the peer store, then each router in turn: :meth:`Node.connect`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import identify, ping
-from .connection import Connection
-from .errors import (
+from p2pnode.errors import (
     DialError,
+    DiscoveryError,
     LocalProtocolError,
     P2PError,
     P2PTimeoutError,
     PeerIdMismatchError,
 )
-from .identify import IdentifyInfo
-from .identity import Identity, PeerId
-from .multiaddr import Multiaddr
-from .multistream import MultistreamListener
-from .stream import Stream
-from .transport import Listener, TransportConfig, dial, listen
+from p2pnode.net.connection import Connection
+from p2pnode.net.host import PeerLike, StreamHandler
+from p2pnode.net.stream import Stream
+from p2pnode.net.transport import Listener, TransportConfig, dial, listen
+from p2pnode.protocols import identify, ping
+from p2pnode.protocols.identify import IdentifyInfo
+from p2pnode.routing.peerstore import IDENTIFY_TTL, PeerStore
+from p2pnode.routing.router import ConnectTrace, PeerRouter
+from p2pnode.wire.identity import Identity, PeerId
+from p2pnode.wire.multiaddr import Multiaddr
+from p2pnode.wire.multistream import MultistreamListener
 
 if TYPE_CHECKING:
-    from .discovery import DiscoveredPeer, DiscoveryEvent, MdnsDiscovery
-    from .task_client import TaskResult
+    from p2pnode.routing.mdns import DiscoveredPeer, DiscoveryEvent, MdnsDiscovery
 
 log = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
 AGENT_VERSION = f"p2pnode/{__version__}"
 
-StreamHandler = Callable[[Stream], Awaitable[None]]
-PeerLike = PeerId | Multiaddr | str
+DIAL_STAGGER = 0.25  # seconds before the next address of a peer is tried in parallel
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,6 +64,10 @@ class NodeConfig:
     keepalive_interval: float | None = 30.0
     agent_version: str = AGENT_VERSION
     mdns: bool = False  # advertise and discover peers on the LAN (start() turns it on)
+    # Routers that connect(peer_id) asks after the peer store, in order: "cache" (the
+    # address cache on disk) and "mdns" (a LAN query). More can be added with add_router.
+    peer_routing: Sequence[str] = ()
+    lookup_timeout: float = 5.0  # seconds one router may take to find a peer
 
 
 class Node:
@@ -68,7 +77,7 @@ class Node:
     """
 
     def __init__(self, identity: Identity, config: NodeConfig | None = None) -> None:
-        from .transport import MUXERS
+        from p2pnode.net.transport import MUXERS
 
         self.identity = identity
         self.config = config or NodeConfig()
@@ -86,12 +95,15 @@ class Node:
         self._connections: dict[PeerId, list[Connection]] = {}
         self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
         self._event_callbacks: list[Callable[[ConnectionEvent], None]] = []
-        self.address_book: dict[PeerId, list[Multiaddr]] = {}
+        self.peer_store = PeerStore()
+        self._routers: list[PeerRouter] = []
         self.discovery: MdnsDiscovery | None = None
         self._discovery_task: asyncio.Task[None] | None = None
         self._stopped = False
         self.set_handler(ping.PROTOCOL_ID, ping.handle_ping)
         self.set_handler(identify.PROTOCOL_ID, self._handle_identify)
+        for name in self.config.peer_routing:
+            self.add_router(self._builtin_router(name))
 
     @classmethod
     async def start(
@@ -264,70 +276,206 @@ class Node:
         if isinstance(addr, str):
             addr = Multiaddr.from_string(addr)
         peer = addr.peer_id
-        if peer is not None:
-            if peer == self.peer_id and self._listeners:
-                raise DialError(f"{addr} is this node itself")
-            existing = self._usable_connection(peer)
-            if existing is not None:
-                return existing
-            pending = self._dialing.get(peer)
-            if pending is not None:
-                return await asyncio.shield(pending)
-        future: asyncio.Future[Connection] | None = None
-        if peer is not None:
-            future = asyncio.get_running_loop().create_future()
-            self._dialing[peer] = future
+        if peer is None:
+            return await self._dial_addr(addr)
+        if peer == self.peer_id and self._listeners:
+            raise DialError(f"{addr} is this node itself")
+        existing = self._usable_connection(peer)
+        if existing is not None:
+            return existing
+        return await self._dial_peer(peer, [addr.without_peer_id()])
+
+    async def connect(
+        self, peer: PeerLike, *, timeout: float | None = None, trace: ConnectTrace | None = None
+    ) -> Connection:
+        """A usable connection to ``peer``: an open one, or a dial to where it can be found.
+
+        For a PeerId this is the routing chain: the connection already open, then the
+        addresses in the peer store, then each router in order (address cache, mDNS, ...),
+        dialing what each finds; what worked is recorded in the store and told to the
+        routers. ``timeout`` bounds it all; ``trace`` is filled in with how it went.
+        """
+        if isinstance(peer, str):
+            peer = Multiaddr.from_string(peer) if peer.startswith("/") else PeerId.from_string(peer)
+        trace = trace if trace is not None else ConnectTrace()
+        started = time.perf_counter()
         try:
-            conn = await dial(addr, self._transport_config, self._handle_inbound_stream)
+            async with asyncio.timeout(timeout):
+                if isinstance(peer, Multiaddr):
+                    conn = await self.dial(peer)
+                    trace.resolved_by = "address"
+                else:
+                    conn = await self._route(peer, trace, timeout)
+        except TimeoutError:
+            raise P2PTimeoutError(f"could not connect to {peer} within {timeout}s") from None
+        trace.connect_ms = round((time.perf_counter() - started) * 1000 - trace.lookup_ms, 3)
+        return conn
+
+    async def _route(self, peer: PeerId, trace: ConnectTrace, timeout: float | None) -> Connection:
+        existing = self._usable_connection(peer)
+        if existing is not None:
+            trace.resolved_by = "connected"
+            return existing
+        pending = self._dialing.get(peer)
+        if pending is not None:
+            trace.resolved_by = "connected"
+            return await asyncio.shield(pending)
+        errors: list[str] = []
+        tried: set[Multiaddr] = set()
+        known = self.peer_store.addrs(peer)
+        if known:
+            tried.update(known)
+            try:
+                conn = await self._dial_peer(peer, known)
+            except PeerIdMismatchError:
+                raise
+            except P2PError as exc:
+                errors.append(str(exc))
+            else:
+                trace.resolved_by = "peerstore"
+                return conn
+        for router in self._routers:
+            started = time.perf_counter()
+            lookup = self.config.lookup_timeout if timeout is None else timeout
+            try:
+                found = await router.find_peer(peer, lookup)
+            except P2PError as exc:
+                errors.append(f"{router.name}: {exc}")
+                continue
+            finally:
+                trace.lookup_ms += round((time.perf_counter() - started) * 1000, 3)
+            fresh = [a.without_peer_id() for a in found if a.without_peer_id() not in tried]
+            if not fresh:
+                continue
+            tried.update(fresh)
+            self.peer_store.add_addrs(peer, fresh, router.name)
+            try:
+                conn = await self._dial_peer(peer, fresh)
+            except PeerIdMismatchError:
+                raise
+            except P2PError as exc:
+                errors.append(str(exc))
+            else:
+                trace.resolved_by = router.name
+                return conn
+        if not errors:
+            raise DialError(
+                f"no known address for {peer}: give a full multiaddr ending in /p2p/{peer}"
+            )
+        if not tried:  # nobody found it: the routers' own words say best why
+            raise DiscoveryError("; ".join(errors))
+        raise DialError(f"could not reach {peer}: " + "; ".join(errors))
+
+    async def dial_first(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
+        """Dial ``peer`` at ``addrs`` (best first, the next one starting after a short
+        stagger or a failure); DialError naming each failure.
+
+        A different identity at an address (PeerIdMismatchError) stops the search at once.
+        """
+        existing = self._usable_connection(peer)
+        if existing is not None:
+            return existing
+        return await self._dial_peer(peer, [a.without_peer_id() for a in addrs])
+
+    async def _dial_peer(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
+        """Dial ``peer`` once at a time: concurrent callers share the attempt."""
+        pending = self._dialing.get(peer)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        self._dialing[peer] = future
+        try:
+            conn = await self._dial_candidates(peer, addrs)
         except BaseException as exc:
-            if future is not None:
-                future.set_exception(exc)
-                future.exception()
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
             raise
         finally:
-            if peer is not None:
-                self._dialing.pop(peer, None)
+            self._dialing.pop(peer, None)
+        future.set_result(conn)
+        return conn
+
+    async def _dial_candidates(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
+        if not addrs:
+            raise DialError(f"no address to dial for {peer}")
+        errors: list[str] = []
+        failures: list[BaseException] = []
+        attempts: dict[asyncio.Task[Connection], Multiaddr] = {}
+        waiting = list(addrs)
+        winner: Connection | None = None
+        try:
+            while winner is None and (waiting or attempts):
+                if waiting:
+                    addr = waiting.pop(0)
+                    attempt = asyncio.ensure_future(self._dial_addr(addr.with_peer_id(peer)))
+                    attempts[attempt] = addr
+                done, _ = await asyncio.wait(
+                    attempts,
+                    timeout=DIAL_STAGGER if waiting else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for attempt in done:
+                    addr = attempts.pop(attempt)
+                    exc = attempt.exception()
+                    if isinstance(exc, PeerIdMismatchError):
+                        raise exc
+                    if exc is None:
+                        if winner is None:
+                            winner = attempt.result()
+                        else:
+                            await attempt.result().close()
+                    elif isinstance(exc, P2PError | OSError):
+                        errors.append(f"{addr}: {exc}")
+                        failures.append(exc)
+                    else:
+                        raise exc
+        finally:
+            for attempt in attempts:
+                attempt.cancel()
+            for attempt in attempts:
+                with contextlib.suppress(BaseException):
+                    late = await attempt
+                    await late.close()
+        if winner is None:
+            if len(failures) == 1:  # one address: its own error says it best
+                raise failures[0]
+            raise DialError(f"could not reach {peer}: " + "; ".join(errors))
+        return winner
+
+    async def _dial_addr(self, addr: Multiaddr) -> Connection:
+        """One dial of one address (ending in /p2p/<id> to verify the peer)."""
+        conn = await dial(addr, self._transport_config, self._handle_inbound_stream)
         if self._stopped:
             await conn.close()
             raise LocalProtocolError("the node was stopped while dialing")
         self._register(conn)
-        self.address_book.setdefault(conn.remote_peer, [])
-        if addr.without_peer_id() not in self.address_book[conn.remote_peer]:
-            self.address_book[conn.remote_peer].append(addr.without_peer_id())
-        if future is not None:
-            future.set_result(conn)
+        self.peer_store.record_connected(conn.remote_peer, addr)
+        if addr.peer_id is not None:
+            for router in self._routers:
+                router.remember(conn.remote_peer, self.peer_store.addrs(conn.remote_peer))
         return conn
 
-    async def connect(self, peer: PeerLike) -> Connection:
-        """A usable connection to ``peer``: an open one, or a new dial to a known address."""
-        if isinstance(peer, str):
-            peer = Multiaddr.from_string(peer) if peer.startswith("/") else PeerId.from_string(peer)
-        if isinstance(peer, Multiaddr):
-            return await self.dial(peer)
-        existing = self._usable_connection(peer)
-        if existing is not None:
-            return existing
-        addrs = self.address_book.get(peer)
-        if not addrs:
-            raise DialError(
-                f"no known address for {peer}: give a full multiaddr ending in /p2p/{peer}"
-            )
-        return await self.dial_first(peer, list(addrs))
+    # -- routers -------------------------------------------------------------------
 
-    async def dial_first(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
-        """Dial ``peer`` at each address in turn until one works; DialError naming each failure.
+    def add_router(self, router: PeerRouter) -> None:
+        """Ask ``router`` (after the peer store and the routers added before) in connect()."""
+        self._routers.append(router)
 
-        A different identity at an address (PeerIdMismatchError) stops the search at once.
-        """
-        errors: list[str] = []
-        for addr in addrs:
-            try:
-                return await self.dial(addr.with_peer_id(peer))
-            except PeerIdMismatchError:
-                raise
-            except P2PError as exc:
-                errors.append(f"{addr}: {exc}")
-        raise DialError(f"could not reach {peer}: " + "; ".join(errors))
+    @property
+    def routers(self) -> list[PeerRouter]:
+        """The routers connect() asks, in order."""
+        return list(self._routers)
+
+    def _builtin_router(self, name: str) -> PeerRouter:
+        if name == "cache":
+            from p2pnode.routing.cache import AddressCache
+
+            return AddressCache()
+        if name == "mdns":
+            from p2pnode.routing.mdns import MdnsRouter
+
+            return MdnsRouter(self.peer_id)
+        raise LocalProtocolError(f"unknown peer router {name!r}; choose from cache, mdns")
 
     async def new_stream(
         self, peer: PeerLike, protocols: Sequence[str], *, optimistic: bool = False
@@ -340,7 +488,7 @@ class Node:
 
     async def start_discovery(self) -> MdnsDiscovery:
         """Advertise this node and discover peers with mDNS; discovered addresses are dialable."""
-        from .discovery import MdnsDiscovery, PeerDiscovered
+        from p2pnode.routing.mdns import MdnsDiscovery, MdnsRouter, PeerDiscovered
 
         if self.discovery is None:
             discovery = MdnsDiscovery(self.peer_id, self.listen_addrs)
@@ -350,9 +498,14 @@ class Node:
             async def learn_addresses() -> None:
                 async for event in discovery.events():
                     if isinstance(event, PeerDiscovered):
-                        self.address_book[event.peer.peer_id] = list(event.peer.addrs)
+                        peer = event.peer
+                        ttl = max(1.0, peer.expires - time.monotonic())
+                        self.peer_store.add_addrs(peer.peer_id, peer.addrs, "mdns", ttl)
 
             self._discovery_task = asyncio.create_task(learn_addresses())
+            for router in self._routers:
+                if isinstance(router, MdnsRouter):
+                    router.discovery = discovery
         return self.discovery
 
     def peers(self) -> list[DiscoveredPeer]:
@@ -386,22 +539,9 @@ class Node:
             stream.reset()
             raise
         usable = [a for a in info.listen_addrs if a.value_for("tcp") is not None]
-        if usable:
-            self.address_book[stream.remote_peer] = [a.without_peer_id() for a in usable][:16]
+        self.peer_store.add_addrs(stream.remote_peer, usable, "identify", IDENTIFY_TTL)
+        self.peer_store.set_identify(stream.remote_peer, info.protocols, info.agent_version)
         return info
-
-    async def send_task(
-        self,
-        peer: PeerLike,
-        input: str,
-        *,
-        kind: str = "default",
-        timeout: float | None = None,
-    ) -> TaskResult:
-        """Send one task (``/p2pnode/task/1.0.0``) and return its result; TaskError on failure."""
-        from .task_client import send_task
-
-        return await send_task(self, peer, input, kind=kind, timeout=timeout)
 
     def identify_info(self, observed: Multiaddr | None) -> IdentifyInfo:
         """How this node describes itself to a peer that sees it at ``observed``."""

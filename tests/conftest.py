@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from p2pnode.identity import Identity
-from p2pnode.netns import Host, two_hosts
+from p2pnode.demo.netns import Host, two_hosts
 from p2pnode.node import Node, NodeConfig
+from p2pnode.wire.identity import Identity
 
 from .netns import require_netns
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from p2pnode.netns import Host, namespaces_unavailable
+from p2pnode.demo.netns import Host, namespaces_unavailable
 
 
 def require_netns() -> None:

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from p2pnode.errors import StreamResetError
+from p2pnode.net.stream import Stream
 from p2pnode.node import Node
-from p2pnode.ping import PROTOCOL_ID as PING
-from p2pnode.stream import Stream
+from p2pnode.protocols.ping import PROTOCOL_ID as PING
 
 UPPER = "/test/upper/1.0.0"
 FRAGILE = "/test/fragile/1.0.0"

@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 
 from p2pnode.errors import HandshakeError, P2PError
-from p2pnode.identity import Identity
-from p2pnode.mplex import PROTOCOL_ID as MPLEX_ID
-from p2pnode.mplex import MplexSession
-from p2pnode.multistream import MultistreamDialer, encode_message
-from p2pnode.muxer import StreamData, StreamReset
+from p2pnode.net.transport import TransportConfig, _HandshakeProtocol, _negotiate_security_dialer
 from p2pnode.node import ConnectionEvent, Node, NodeConfig
-from p2pnode.noise import NoiseHandshake
-from p2pnode.ping import PROTOCOL_ID as PING_ID
-from p2pnode.transport import TransportConfig, _HandshakeProtocol, _negotiate_security_dialer
-from p2pnode.varint import encode_uvarint
-from p2pnode.yamux import PROTOCOL_ID as YAMUX_ID
+from p2pnode.protocols.ping import PROTOCOL_ID as PING_ID
+from p2pnode.wire.identity import Identity
+from p2pnode.wire.mplex import PROTOCOL_ID as MPLEX_ID
+from p2pnode.wire.mplex import MplexSession
+from p2pnode.wire.multistream import MultistreamDialer, encode_message
+from p2pnode.wire.muxer import StreamData, StreamReset
+from p2pnode.wire.noise import NoiseHandshake
+from p2pnode.wire.varint import encode_uvarint
+from p2pnode.wire.yamux import PROTOCOL_ID as YAMUX_ID
 
 from .conftest import LOOPBACK, addr_of, start_node
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pnode.identity import Identity
+from p2pnode.wire.identity import Identity
 
 from .netns import Process
 
@@ -199,8 +199,8 @@ async def test_serve_freezes_its_start_up_heap() -> None:
     import gc
     from typing import Any
 
-    from p2pnode.cli import Output
-    from p2pnode.serve import ServeOptions, run_serve
+    from p2pnode.cli.output import Output
+    from p2pnode.cli.serve import ServeOptions, run_serve
 
     loop = asyncio.get_running_loop()
     frozen: list[int] = []

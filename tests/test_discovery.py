@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from p2pnode import addresses
-from p2pnode.addresses import expand_wildcards
-from p2pnode.discovery import (
-    PeerCache,
+from p2pnode.net import addresses
+from p2pnode.net.addresses import expand_wildcards
+from p2pnode.routing.cache import AddressCache
+from p2pnode.routing.mdns import (
     PeerDiscovered,
     PeerExpired,
     PeerTable,
@@ -18,8 +18,8 @@ from p2pnode.discovery import (
     parse_txt,
     peer_from_txt,
 )
-from p2pnode.identity import Identity
-from p2pnode.multiaddr import Multiaddr
+from p2pnode.wire.identity import Identity
+from p2pnode.wire.multiaddr import Multiaddr
 
 ALICE = Identity.generate().peer_id
 BOB = Identity.generate().peer_id
@@ -143,7 +143,7 @@ def test_wildcards_become_interface_addresses(monkeypatch: pytest.MonkeyPatch) -
 
 def test_peer_cache_round_trip_expiry_eviction_and_corruption(tmp_path: Path) -> None:
     path = tmp_path / "peers.json"
-    cache = PeerCache(path, max_entries=2)
+    cache = AddressCache(path, max_entries=2)
     addr = Multiaddr.from_string("/ip4/10.0.0.1/tcp/1")
     cache.put(ALICE, [addr])
     assert cache.get(ALICE) == (addr,)
@@ -152,7 +152,7 @@ def test_peer_cache_round_trip_expiry_eviction_and_corruption(tmp_path: Path) ->
     cache.put(BOB, [addr])
     cache.put(third, [addr])
     assert len(json.loads(path.read_text())) == 2
-    assert PeerCache(path, max_age=-1).get(third) == ()
+    assert AddressCache(path, max_age=-1).get(third) == ()
     path.write_text("{not json")
     assert cache.get(ALICE) == ()
     path.write_text(json.dumps({str(ALICE): {"seen": "x", "addrs": 3}}))

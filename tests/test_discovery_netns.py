@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from p2pnode.netns import Host
+from p2pnode.demo.netns import Host
 
 from .interop.jspeer import PEER_SCRIPT, require_js_peer
 from .netns import Process, p2pnode, run_json

@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pnode.errors import DecodeError, P2PError
-from p2pnode.framing import FrameDecoder, MessageTooLargeError, encode_frame
-from p2pnode.identify import IdentifyInfo, decode_identify, encode_identify
-from p2pnode.identity import Identity
-from p2pnode.multiaddr import Multiaddr
+from p2pnode.protocols.identify import IdentifyInfo, decode_identify, encode_identify
+from p2pnode.wire.framing import FrameDecoder, MessageTooLargeError, encode_frame
+from p2pnode.wire.identity import Identity
+from p2pnode.wire.multiaddr import Multiaddr
 
 
 def test_frames_split_anywhere() -> None:

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pnode._base58 import ALPHABET, b58decode, b58encode
 from p2pnode.errors import IdentityError, P2PError
-from p2pnode.identity import Identity, KeyType, PeerId, PublicKey, default_identity_path
+from p2pnode.wire.base58 import ALPHABET, b58decode, b58encode
+from p2pnode.wire.identity import Identity, KeyType, PeerId, PublicKey, default_identity_path
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "js_vectors.json").read_text())
 KEYS = {k["type"]: k for k in VECTORS["keys"]}

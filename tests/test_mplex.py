@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pnode.errors import ConnectionClosedError, DecodeError, P2PError, StreamClosedError
-from p2pnode.mplex import MplexConfig, MplexSession
-from p2pnode.muxer import MuxerSession, StreamData, StreamEnded, StreamOpened, StreamReset
+from p2pnode.wire.mplex import MplexConfig, MplexSession
+from p2pnode.wire.muxer import MuxerSession, StreamData, StreamEnded, StreamOpened, StreamReset
 
 
 def pair(config: MplexConfig | None = None) -> tuple[MplexSession, MplexSession]:

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pnode.errors import MultiaddrError
-from p2pnode.identity import Identity
-from p2pnode.multiaddr import Multiaddr
+from p2pnode.wire.identity import Identity
+from p2pnode.wire.multiaddr import Multiaddr
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "js_vectors.json").read_text())
 

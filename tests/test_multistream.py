@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pnode.errors import DecodeError, P2PError, ProtocolNotSupportedError
-from p2pnode.multistream import (
+from p2pnode.wire.multistream import (
     MAX_PROPOSALS,
     MultistreamDialer,
     MultistreamListener,

@@ -15,9 +15,9 @@ from p2pnode.errors import (
     ProtocolNotSupportedError,
     StreamResetError,
 )
-from p2pnode.identity import Identity
+from p2pnode.net.stream import Stream
 from p2pnode.node import Node
-from p2pnode.stream import Stream
+from p2pnode.wire.identity import Identity
 
 from .conftest import addr_of, start_node
 
@@ -220,8 +220,8 @@ async def test_a_cancelled_writer_does_not_fail_the_others_waiting_for_the_socke
     (e.g. its response timed out) leaves the others waiting, then writing."""
     conn = await client.dial(addr_of(server))
     conn.pause_writing()  # as asyncio does when the socket's buffer is full
-    first = asyncio.create_task(conn._drained())
-    second = asyncio.create_task(conn._drained())
+    first = asyncio.create_task(conn.drained())
+    second = asyncio.create_task(conn.drained())
     await asyncio.sleep(0)  # both are now waiting
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pnode.errors import DecodeError, HandshakeError, P2PError, PeerIdMismatchError
-from p2pnode.identity import Identity
-from p2pnode.noise import (
+from p2pnode.wire.identity import Identity
+from p2pnode.wire.noise import (
     MAX_PLAINTEXT,
     SIGNATURE_PREFIX,
     NoiseHandshake,

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from p2pnode.errors import P2PTimeoutError
+from p2pnode.net.stream import Stream
 from p2pnode.node import Node
-from p2pnode.stream import Stream
 
 from .conftest import addr_of
 

@@ -15,9 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pnode.errors import DecodeError, P2PError, StreamResetError
-from p2pnode.framing import encode_frame, read_frame
+from p2pnode.net.framed import read_frame
 from p2pnode.node import Node
-from p2pnode.task import (
+from p2pnode.protocols.task.client import send_task
+from p2pnode.protocols.task.handlers import EchoHandler, ExecHandler, PythonHandler, TaskHandler
+from p2pnode.protocols.task.messages import (
     PROTOCOL_ID,
     ErrorCode,
     TaskError,
@@ -29,9 +31,9 @@ from p2pnode.task import (
     decode_request,
     decode_response,
 )
-from p2pnode.task_handlers import EchoHandler, ExecHandler, PythonHandler, TaskHandler
-from p2pnode.task_server import TaskLogRecord, TaskServer, format_log_json
-from p2pnode.varint import encode_uvarint
+from p2pnode.protocols.task.server import TaskLogRecord, TaskServer, format_log_json
+from p2pnode.wire.framing import encode_frame
+from p2pnode.wire.varint import encode_uvarint
 
 from .conftest import addr_of, start_node
 
@@ -99,7 +101,7 @@ def error_code(response: TaskResponse) -> str:
 
 async def test_echo_is_the_default(make_server: MakeServer, client: Node) -> None:
     server = await make_server()
-    result = await client.send_task(addr_of(server.node), "héllo wörld")
+    result = await send_task(client, addr_of(server.node), "héllo wörld")
     assert result.output == "héllo wörld"
     assert result.latency_ms >= 0 and result.round_trip_ms > 0
 
@@ -108,7 +110,7 @@ async def test_exec_handler_feeds_stdin_and_returns_stdout(
     make_server: MakeServer, client: Node
 ) -> None:
     server = await make_server({"upper": ExecHandler(["tr", "a-z", "A-Z"])})
-    result = await client.send_task(addr_of(server.node), "shout\n" * 1000, kind="upper")
+    result = await send_task(client, addr_of(server.node), "shout\n" * 1000, kind="upper")
     assert result.output == "SHOUT\n" * 1000
 
 
@@ -118,7 +120,7 @@ async def test_exec_nonzero_exit_is_failed_with_stderr_tail(
     script = "import sys; sys.stderr.write('x' * 5000 + 'the real reason'); sys.exit(4)"
     server = await make_server({"default": ExecHandler([sys.executable, "-c", script])})
     with pytest.raises(TaskFailedError) as caught:
-        await client.send_task(addr_of(server.node), "in")
+        await send_task(client, addr_of(server.node), "in")
     assert caught.value.code == "failed"
     assert "status 4" in str(caught.value) and "the real reason" in str(caught.value)
     assert len(str(caught.value)) < 3000  # only the tail of stderr
@@ -127,7 +129,7 @@ async def test_exec_nonzero_exit_is_failed_with_stderr_tail(
 async def test_exec_missing_command_is_failed(make_server: MakeServer, client: Node) -> None:
     server = await make_server({"default": ExecHandler(["/nonexistent/p2pnode-tool"])})
     with pytest.raises(TaskFailedError, match="cannot run"):
-        await client.send_task(addr_of(server.node), "in")
+        await send_task(client, addr_of(server.node), "in")
 
 
 async def test_exec_timeout_kills_the_process(
@@ -154,8 +156,8 @@ async def test_python_handlers_sync_and_async(make_server: MakeServer, client: N
 
     server = await make_server({"reverse": PythonHandler(reverse), "count": PythonHandler(count)})
     addr = addr_of(server.node)
-    assert (await client.send_task(addr, "abc", kind="reverse")).output == "cba"
-    assert (await client.send_task(addr, "abcd", kind="count")).output == "4"
+    assert (await send_task(client, addr, "abc", kind="reverse")).output == "cba"
+    assert (await send_task(client, addr, "abcd", kind="count")).output == "4"
 
 
 async def test_python_handler_exception_and_wrong_type_are_failed(
@@ -170,15 +172,15 @@ async def test_python_handler_exception_and_wrong_type_are_failed(
     server = await make_server({"broken": PythonHandler(broken), "wrong": PythonHandler(wrong)})
     addr = addr_of(server.node)
     with pytest.raises(TaskFailedError, match="ValueError: no good input"):
-        await client.send_task(addr, "x", kind="broken")
+        await send_task(client, addr, "x", kind="broken")
     with pytest.raises(TaskFailedError, match="returned int, not str"):
-        await client.send_task(addr, "x", kind="wrong")
+        await send_task(client, addr, "x", kind="wrong")
 
 
 async def test_unknown_kind_names_the_known_ones(make_server: MakeServer, client: Node) -> None:
     server = await make_server({"default": EchoHandler(), "summarize": EchoHandler()})
     with pytest.raises(TaskRefusedError) as caught:
-        await client.send_task(addr_of(server.node), "x", kind="translate")
+        await send_task(client, addr_of(server.node), "x", kind="translate")
     assert caught.value.code == "unknown_kind"
     assert "summarize" in str(caught.value)
 
@@ -188,9 +190,9 @@ async def test_output_over_the_response_limit_is_failed(
 ) -> None:
     server = await make_server(max_response_size=1000)
     addr = addr_of(server.node)
-    assert (await client.send_task(addr, "y" * 1000)).output == "y" * 1000
+    assert (await send_task(client, addr, "y" * 1000)).output == "y" * 1000
     with pytest.raises(TaskFailedError, match="exceeds 1000"):
-        await client.send_task(addr, "y" * 1001)
+        await send_task(client, addr, "y" * 1001)
 
 
 async def test_handler_timeout_from_the_request(make_server: MakeServer, client: Node) -> None:
@@ -311,17 +313,17 @@ async def test_too_large_input_through_the_client(make_server: MakeServer, clien
     server = await make_server(max_request_size=64 * 1024)
     addr = addr_of(server.node)
     with pytest.raises(TaskFailedError) as caught:
-        await client.send_task(addr, "z" * (4 << 20))  # far beyond the window: the write blocks
+        await send_task(client, addr, "z" * (4 << 20))  # far beyond the window: the write blocks
     assert caught.value.code == "too_large"
-    assert (await client.send_task(addr, "fits")).output == "fits"  # same connection still good
+    assert (await send_task(client, addr, "fits")).output == "fits"  # same connection still good
 
 
 async def test_default_request_limit_is_one_mebibyte(make_server: MakeServer, client: Node) -> None:
     server = await make_server()
     addr = addr_of(server.node)
-    assert len((await client.send_task(addr, "a" * 1_000_000)).output) == 1_000_000
+    assert len((await send_task(client, addr, "a" * 1_000_000)).output) == 1_000_000
     with pytest.raises(TaskFailedError, match="too_large"):
-        await client.send_task(addr, "a" * (1 << 20))
+        await send_task(client, addr, "a" * (1 << 20))
 
 
 async def test_reset_mid_request_is_logged_and_others_are_served(
@@ -332,7 +334,7 @@ async def test_reset_mid_request_is_logged_and_others_are_served(
     stream = await client.new_stream(addr_of(server.node), [PROTOCOL_ID])
     await stream.write(encode_frame(b'{"task_id":"cut","input":"' + b"q" * 5000 + b'"}')[:3000])
     stream.reset()
-    assert (await client.send_task(addr_of(server.node), "after")).output == "after"
+    assert (await send_task(client, addr_of(server.node), "after")).output == "after"
     assert any(r.outcome in ("failed", "bad_request") for r in records)
 
 
@@ -343,14 +345,14 @@ async def test_busy_beyond_max_concurrent(make_server: MakeServer, client: Node)
     gate = Gate()
     server = await make_server({"default": PythonHandler(gate)}, max_concurrent=2)
     addr = addr_of(server.node)
-    held = [asyncio.create_task(client.send_task(addr, f"held{i}")) for i in range(2)]
+    held = [asyncio.create_task(send_task(client, addr, f"held{i}")) for i in range(2)]
     await gate.wait_entered(2)
     with pytest.raises(TaskRefusedError) as caught:
-        await client.send_task(addr, "third")
+        await send_task(client, addr, "third")
     assert caught.value.code == "busy" and "retry later" in str(caught.value)
     gate.release.set()
     assert sorted(r.output for r in await asyncio.gather(*held)) == ["held0", "held1"]
-    assert (await client.send_task(addr, "now fine")).output == "now fine"
+    assert (await send_task(client, addr, "now fine")).output == "now fine"
 
 
 async def test_only_allowed_peers_run_tasks(make_server: MakeServer, client: Node) -> None:
@@ -360,10 +362,10 @@ async def test_only_allowed_peers_run_tasks(make_server: MakeServer, client: Nod
         server = await make_server(allow={allowed.peer_id}, on_log=records.append)
         addr = addr_of(server.node)
         with pytest.raises(TaskRefusedError) as caught:
-            await client.send_task(addr, "x")
+            await send_task(client, addr, "x")
         assert caught.value.code == "unauthorized"
         assert str(client.peer_id) in str(caught.value)
-        assert (await allowed.send_task(addr, "y")).output == "y"
+        assert (await send_task(allowed, addr, "y")).output == "y"
     finally:
         await allowed.stop()
     outcomes = {(r.peer, r.outcome) for r in records}
@@ -376,11 +378,11 @@ async def test_shutdown_finishes_running_tasks_and_refuses_new_ones(
     gate = Gate()
     server = await make_server({"default": PythonHandler(gate)})
     addr = addr_of(server.node)
-    running = [asyncio.create_task(client.send_task(addr, f"r{i}")) for i in range(5)]
+    running = [asyncio.create_task(send_task(client, addr, f"r{i}")) for i in range(5)]
     await gate.wait_entered(5)
     shutdown = asyncio.create_task(server.shutdown(grace=30))
     with pytest.raises(TaskRefusedError) as caught:
-        await client.send_task(addr, "late")
+        await send_task(client, addr, "late")
     assert caught.value.code == "shutting_down"
     assert not shutdown.done()
     gate.release.set()
@@ -391,7 +393,7 @@ async def test_shutdown_finishes_running_tasks_and_refuses_new_ones(
 async def test_shutdown_grace_expiry_still_answers(make_server: MakeServer, client: Node) -> None:
     gate = Gate()
     server = await make_server({"default": PythonHandler(gate)})
-    running = asyncio.create_task(client.send_task(addr_of(server.node), "stuck"))
+    running = asyncio.create_task(send_task(client, addr_of(server.node), "stuck"))
     await gate.wait_entered(1)
     await server.shutdown(grace=0.2)
     with pytest.raises(TaskRefusedError) as caught:
@@ -414,7 +416,7 @@ async def test_node_stop_cancels_a_running_handler(make_server: MakeServer, clie
         return request.input
 
     server = await make_server({"default": PythonHandler(stuck)})
-    running = asyncio.create_task(client.send_task(addr_of(server.node), "x"))
+    running = asyncio.create_task(send_task(client, addr_of(server.node), "x"))
     await asyncio.wait_for(entered.wait(), 10)
     assert server.running == 1
     await asyncio.wait_for(server.node.stop(), 10)
@@ -447,7 +449,7 @@ async def test_a_handler_that_finishes_as_the_grace_ends_is_answered(
 
     pending_cancels: list[int] = []
     server = await make_server({"default": PythonHandler(stubborn)}, on_log=log)
-    running = asyncio.create_task(client.send_task(addr_of(server.node), "x"))
+    running = asyncio.create_task(send_task(client, addr_of(server.node), "x"))
     await asyncio.wait_for(entered.wait(), 10)
     await server.shutdown(grace=0.1)
     assert (await asyncio.wait_for(running, 10)).output == "finished anyway"
@@ -458,9 +460,9 @@ async def test_every_task_is_logged(make_server: MakeServer, client: Node) -> No
     records: list[TaskLogRecord] = []
     server = await make_server(on_log=records.append)
     addr = addr_of(server.node)
-    await client.send_task(addr, "one")
+    await send_task(client, addr, "one")
     with pytest.raises(TaskRefusedError):
-        await client.send_task(addr, "two", kind="nope")
+        await send_task(client, addr, "two", kind="nope")
     assert [(r.kind, r.outcome) for r in records] == [("default", "ok"), ("nope", "unknown_kind")]
     line = json.loads(format_log_json(records[1]))
     assert line["event"] == "task" and line["peer"] == str(client.peer_id)
@@ -468,7 +470,7 @@ async def test_every_task_is_logged(make_server: MakeServer, client: Node) -> No
 
 
 async def test_client_refuses_an_oversized_response(make_server: MakeServer, client: Node) -> None:
-    from p2pnode.task_client import send_task
+    from p2pnode.protocols.task.client import send_task
 
     server = await make_server()
     with pytest.raises(DecodeError, match="exceeds"):
@@ -479,7 +481,7 @@ async def test_client_timeout_resets_the_stream(make_server: MakeServer, client:
     gate = Gate()
     server = await make_server({"default": PythonHandler(gate)}, max_timeout=None)
     with pytest.raises(TaskTimeoutError, match="no response within"):
-        await client.send_task(addr_of(server.node), "x", timeout=0.3)
+        await send_task(client, addr_of(server.node), "x", timeout=0.3)
     gate.release.set()
 
 
@@ -512,9 +514,9 @@ async def test_a_peer_that_does_not_read_its_answer_times_out_and_frees_the_slot
     other = await start_node()
     try:
         with pytest.raises(TaskRefusedError, match="busy"):  # its output still holds the slot
-            await other.send_task(addr, "x", kind="echo")
+            await send_task(other, addr, "x", kind="echo")
         await asyncio.wait_for(given_up.wait(), 10)
-        assert (await other.send_task(addr, "free again", kind="echo")).output == "free again"
+        assert (await send_task(other, addr, "free again", kind="echo")).output == "free again"
     finally:
         await other.stop()
     stalled = next(r for r in records if r.task_id == "stalled")
@@ -563,7 +565,7 @@ async def test_thousand_streams_at_once_memory_stays_bounded(
     assert peak < 64 << 20
     other = await start_node()
     try:
-        assert (await other.send_task(addr, "still serving")).output == "still serving"
+        assert (await send_task(other, addr, "still serving")).output == "still serving"
     finally:
         await other.stop()
 
@@ -605,7 +607,7 @@ def test_decode_response_fuzz(body: bytes) -> None:
 
 
 def test_error_codes_map_to_error_types() -> None:
-    from p2pnode.task import error_from_response, error_response
+    from p2pnode.protocols.task.messages import error_from_response, error_response
 
     kinds: dict[type[TaskError], set[str]] = {}
     for code in ErrorCode:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pnode.errors import DecodeError
-from p2pnode.varint import MAX_VARINT, decode_uvarint, decode_uvarint_exact, encode_uvarint
+from p2pnode.wire.varint import MAX_VARINT, decode_uvarint, decode_uvarint_exact, encode_uvarint
 
 # The examples of the unsigned-varint spec.
 SPEC_EXAMPLES = [

@@ -17,7 +17,7 @@ from p2pnode.errors import (
     StreamClosedError,
     TooManyStreamsError,
 )
-from p2pnode.muxer import (
+from p2pnode.wire.muxer import (
     GoAwayReceived,
     MuxerEvent,
     MuxerSession,
@@ -28,7 +28,7 @@ from p2pnode.muxer import (
     StreamOpened,
     StreamReset,
 )
-from p2pnode.yamux import (
+from p2pnode.wire.yamux import (
     INITIAL_WINDOW,
     PROTOCOL_ID,
     Flag,

@@ -16,8 +16,14 @@ from typing import Any, cast
 
 import msgspec
 
-from p2pnode.framing import FrameDecoder, encode_frame
-from p2pnode.task import TaskRequest, TaskResponse, decode_request, encode_request, encode_response
+from p2pnode.protocols.task.messages import (
+    TaskRequest,
+    TaskResponse,
+    decode_request,
+    encode_request,
+    encode_response,
+)
+from p2pnode.wire.framing import FrameDecoder, encode_frame
 
 from .contract import (
     BULK_HEADER,

@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from p2pnode import Identity, Node, NodeConfig, Stream
-from p2pnode.task_handlers import EchoHandler
-from p2pnode.task_server import TaskServer
+from p2pnode.protocols.task.client import send_task
+from p2pnode.protocols.task.handlers import EchoHandler
+from p2pnode.protocols.task.server import TaskServer
 
 from .contract import (
     BULK_HEADER,
@@ -108,11 +109,11 @@ async def task(node: Node, args: argparse.Namespace) -> dict[str, Any]:
     conn = await node.dial(args.addr)
     text = "x" * args.size
     for _ in range(min(20, args.n)):
-        await node.send_task(conn.remote_peer, text)
+        await send_task(node, conn.remote_peer, text)
     samples = []
     for _ in range(args.n):
         started = time.perf_counter()
-        await node.send_task(conn.remote_peer, text)
+        await send_task(node, conn.remote_peer, text)
         samples.append(ms_since(started))
     return {"measurement": "task", "size": args.size, "samples_ms": samples}
 
@@ -129,7 +130,7 @@ async def rate(node: Node, args: argparse.Namespace) -> dict[str, Any]:
 
         async def worker(n: Node, count: int) -> None:
             for _ in range(count):
-                await n.send_task(peers[0], text)
+                await send_task(n, peers[0], text)
 
         async def run(total: int) -> None:
             jobs = []

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from p2pnode.identity import Identity, PeerId
+from p2pnode.net.stream import Stream
 from p2pnode.node import Node, NodeConfig
-from p2pnode.stream import Stream
+from p2pnode.wire.identity import Identity, PeerId
 
 from .jspeer import JsListener, js_dial, start_js_listener
 

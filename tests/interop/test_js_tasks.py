@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from p2pnode.identity import Identity, PeerId
 from p2pnode.node import Node, NodeConfig
-from p2pnode.task import TaskRefusedError, TaskRequest
-from p2pnode.task_handlers import EchoHandler, PythonHandler
-from p2pnode.task_server import TaskServer
+from p2pnode.protocols.task.client import send_task
+from p2pnode.protocols.task.handlers import EchoHandler, PythonHandler
+from p2pnode.protocols.task.messages import TaskRefusedError, TaskRequest
+from p2pnode.protocols.task.server import TaskServer
+from p2pnode.wire.identity import Identity, PeerId
 
 from ..netns import Process
 from .jspeer import js_dial, start_js_listener
@@ -32,11 +33,11 @@ async def test_p2pnode_sends_tasks_to_js(muxer: str) -> None:
     try:
         await client.dial(js.addr)
         peer = PeerId.from_string(js.peer_id)
-        result = await client.send_task(peer, "héllo wörld", kind="upper")
+        result = await send_task(client, peer, "héllo wörld", kind="upper")
         assert result.output == "HÉLLO WÖRLD"
-        assert (await client.send_task(peer, "plain")).output == "plain"
+        assert (await send_task(client, peer, "plain")).output == "plain"
         with pytest.raises(TaskRefusedError) as refused:
-            await client.send_task(peer, "x", kind="no-such-kind")
+            await send_task(client, peer, "x", kind="no-such-kind")
         assert refused.value.code == "unknown_kind"
     finally:
         await client.stop()

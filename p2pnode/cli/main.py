@@ -1,0 +1,269 @@
+"""The ``p2pnode`` command line: ``id``, ``serve``, ``ping``, ``send-task``, ``peers``.
+
+With ``--json`` every command prints one JSON object per line on stdout.
+Errors go to stderr and the exit code tells what kind of failure it was
+(see :data:`p2pnode.cli.output.EXIT_CODES` and the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from p2pnode.cli.output import (
+    EXIT_ERROR,
+    MUXER_CHOICES,
+    Output,
+    load_identity,
+    raise_open_file_limit,
+    run_async,
+    summarize,
+)
+from p2pnode.errors import P2PError, P2PTimeoutError
+from p2pnode.node import Node, NodeConfig
+from p2pnode.wire.identity import Identity, default_identity_path
+from p2pnode.wire.multiaddr import Multiaddr
+
+identity_option = click.option(
+    "--identity",
+    "identity_path",
+    type=click.Path(dir_okay=False),
+    help="Private key file (created on first use). Default: $XDG_CONFIG_HOME/p2pnode/identity.key",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+muxer_option = click.option(
+    "--muxer",
+    type=click.Choice(sorted(MUXER_CHOICES)),
+    default="both",
+    show_default=True,
+    help="Stream multiplexer(s) to offer or accept; with both, yamux is preferred.",
+)
+
+
+@click.group()
+@click.version_option(package_name="p2pnode")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
+def main(verbose: int) -> None:
+    """p2pnode: a libp2p-compatible peer-to-peer task exchange."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise_open_file_limit()
+
+
+@main.command("id")
+@identity_option
+@json_option
+def id_command(identity_path: str | None, as_json: bool) -> None:
+    """Print this node's PeerId (creating the key file on first use)."""
+    out = Output(as_json)
+    path = Path(identity_path) if identity_path else default_identity_path()
+    try:
+        identity = Identity.load_or_create(path)
+    except P2PError as exc:
+        out.error(str(exc), EXIT_ERROR)
+    out.emit("id", str(identity.peer_id), peer_id=str(identity.peer_id), identity=str(path))
+
+
+@main.command()
+@click.option(
+    "--listen",
+    "listen_addrs",
+    multiple=True,
+    default=["/ip4/0.0.0.0/tcp/0"],
+    show_default=True,
+    help="Multiaddr to listen on (repeatable).",
+)
+@identity_option
+@click.option("--ephemeral", is_flag=True, help="Use a fresh identity; write no key file.")
+@muxer_option
+@click.option(
+    "--exec",
+    "exec_specs",
+    multiple=True,
+    help='Task handler command: "CMD ARGS" or KIND="CMD ARGS" (repeatable).',
+)
+@click.option(
+    "--handler",
+    "python_specs",
+    multiple=True,
+    help="Task handler callable: module:function or KIND=module:function.",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks run at once; beyond it new tasks get 'busy'.",
+)
+@click.option(
+    "--allow", "allow", multiple=True, help="Only accept tasks from this PeerId (repeatable)."
+)
+@click.option(
+    "--allow-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File of allowed PeerIds, one per line.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds running tasks get to finish on shutdown.",
+)
+@click.option("--no-mdns", is_flag=True, help="Do not advertise or discover peers with mDNS.")
+@json_option
+def serve(
+    listen_addrs: tuple[str, ...],
+    identity_path: str | None,
+    ephemeral: bool,
+    muxer: str,
+    exec_specs: tuple[str, ...],
+    python_specs: tuple[str, ...],
+    max_concurrent: int | None,
+    allow: tuple[str, ...],
+    allow_file: str | None,
+    grace: float,
+    no_mdns: bool,
+    as_json: bool,
+) -> None:
+    """Run a node that serves tasks until SIGINT or SIGTERM."""
+    from p2pnode.cli.serve import ServeOptions, run_serve
+
+    out = Output(as_json)
+    if identity_path and ephemeral:
+        out.error("--identity and --ephemeral exclude each other", EXIT_ERROR)
+    options = ServeOptions(
+        listen_addrs=list(listen_addrs),
+        identity_path=identity_path,
+        ephemeral=ephemeral,
+        muxers=MUXER_CHOICES[muxer],
+        exec_specs=list(exec_specs),
+        python_specs=list(python_specs),
+        max_concurrent=max_concurrent,
+        allow=list(allow),
+        allow_file=allow_file,
+        grace=grace,
+        mdns=not no_mdns,
+    )
+    run_async(lambda: run_serve(options, out), out)
+
+
+@main.command("ping")
+@click.argument("addr")
+@click.option("--count", "-c", type=click.IntRange(min=1), default=5, show_default=True)
+@muxer_option
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole run."
+)
+@json_option
+def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: bool) -> None:
+    """Ping a peer at a multiaddr (ending in /p2p/<id> to check its identity)."""
+    out = Output(as_json)
+
+    async def run() -> None:
+        target = Multiaddr.from_string(addr)
+        node = Node(Identity.generate(), NodeConfig(muxers=MUXER_CHOICES[muxer]))
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await node.dial(target)
+                out.emit(
+                    "connected",
+                    f"connected to {conn.remote_peer} via {conn.muxer_protocol}",
+                    peer_id=str(conn.remote_peer),
+                    muxer=conn.muxer_protocol,
+                )
+                rtts = []
+                for seq in range(count):
+                    (rtt,) = await node.ping(conn.remote_peer, 1)
+                    rtts.append(rtt * 1000)
+                    out.emit(
+                        "pong",
+                        f"pong from {conn.remote_peer}: seq={seq} time={rtts[-1]:.3f} ms",
+                        seq=seq,
+                        rtt_ms=round(rtts[-1], 4),
+                    )
+        except TimeoutError:
+            raise P2PTimeoutError(f"ping did not complete within {timeout}s") from None
+        finally:
+            await node.stop()
+        summary = summarize(rtts)
+        out.emit(
+            "summary",
+            f"{count} pings: min {summary['min_ms']:.3f} ms, p50 {summary['p50_ms']:.3f} ms, "
+            f"p99 {summary['p99_ms']:.3f} ms",
+            count=count,
+            **summary,
+        )
+
+    run_async(run, out)
+
+
+@main.command("send-task")
+@click.argument("peer")
+@click.argument("task_input", metavar="INPUT")
+@click.option("--kind", default="default", show_default=True, help="Which handler on the peer.")
+@click.option(
+    "--timeout", type=float, default=30.0, show_default=True, help="Seconds for the task."
+)
+@identity_option
+@click.option("--ephemeral", is_flag=True, help="Use a fresh identity instead of the key file.")
+@muxer_option
+@click.option("--no-cache", is_flag=True, help="Do not use or update the cache of peer addresses.")
+@json_option
+def send_task_command(
+    peer: str,
+    task_input: str,
+    kind: str,
+    timeout: float,
+    identity_path: str | None,
+    ephemeral: bool,
+    muxer: str,
+    no_cache: bool,
+    as_json: bool,
+) -> None:
+    """Send one task to PEER and print its output.
+
+    PEER is a multiaddr ending in /p2p/<id>, or a bare PeerId found with mDNS.
+    INPUT "-" reads standard input.
+    """
+    from p2pnode.cli.sendtask import send_task_cli
+
+    out = Output(as_json)
+    text = sys.stdin.read() if task_input == "-" else task_input
+    identity = load_identity(identity_path, ephemeral)
+    run_async(
+        lambda: send_task_cli(
+            out,
+            identity,
+            peer,
+            text,
+            kind=kind,
+            timeout=timeout,
+            muxers=MUXER_CHOICES[muxer],
+            use_cache=not no_cache,
+        ),
+        out,
+    )
+
+
+@main.command("peers")
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to listen.")
+@click.option("--identify/--no-identify", default=True, help="Ask each peer what it serves.")
+@click.option("--watch", is_flag=True, help="Print discovered/expired events as they happen.")
+@json_option
+def peers_command(timeout: float, identify: bool, watch: bool, as_json: bool) -> None:
+    """List the peers found on the local network with mDNS (or --watch them come and go)."""
+    from p2pnode.cli.sendtask import list_peers, watch_peers
+
+    out = Output(as_json)
+    if watch:
+        run_async(lambda: watch_peers(out, timeout=timeout), out)
+    else:
+        run_async(lambda: list_peers(out, timeout=timeout, identify=identify), out)
+
+
+if __name__ == "__main__":
+    main()

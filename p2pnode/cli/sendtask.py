@@ -1,0 +1,142 @@
+"""Client-side commands: ``send-task`` and ``peers``; the node's routing chain finds peers."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from p2pnode.errors import MultiaddrError, P2PError
+from p2pnode.node import Node, NodeConfig
+from p2pnode.protocols.task.client import send_task
+from p2pnode.routing.mdns import DiscoveredPeer, MdnsDiscovery, PeerDiscovered
+from p2pnode.routing.router import ConnectTrace
+from p2pnode.wire.identity import Identity, PeerId
+from p2pnode.wire.multiaddr import Multiaddr
+
+if TYPE_CHECKING:
+    from p2pnode.cli.output import Output
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+async def send_task_cli(
+    out: Output,
+    identity: Identity,
+    target: str,
+    text: str,
+    *,
+    kind: str,
+    timeout: float,
+    muxers: tuple[str, ...],
+    use_cache: bool,
+) -> None:
+    """``p2pnode send-task``: resolve, connect, send, print the output (or all of it as JSON)."""
+    started = time.perf_counter()
+    if target.startswith("/") and Multiaddr.from_string(target).peer_id is None:
+        raise MultiaddrError(f"{target} has no /p2p/<peer id>: add it so the peer is verified")
+    routing = ("cache", "mdns") if use_cache else ("mdns",)
+    config = NodeConfig(muxers=muxers, keepalive_interval=None, peer_routing=routing)
+    node = Node(identity, config)
+    trace = ConnectTrace()
+    try:
+        conn = await node.connect(target, timeout=timeout, trace=trace)
+        sent = time.perf_counter()
+        result = await send_task(node, conn.remote_peer, text, kind=kind, timeout=timeout)
+        round_trip = time.perf_counter() - sent
+    finally:
+        await node.stop()
+    timings: dict[str, Any] = {"connect_ms": trace.connect_ms}
+    if trace.resolved_by not in ("address", "connected"):
+        timings["resolved_by"] = trace.resolved_by
+    if trace.lookup_ms:
+        timings["discovery_ms"] = trace.lookup_ms
+    timings["round_trip_ms"] = _ms(round_trip)
+    timings["total_ms"] = _ms(time.perf_counter() - started)
+    if out.as_json:
+        out.emit(
+            "result",
+            "",
+            peer_id=str(conn.remote_peer),
+            addr=str(conn.remote_addr),
+            task_id=result.task_id,
+            output=result.output,
+            latency_ms=result.latency_ms,
+            timings=timings,
+        )
+    else:
+        output = result.output
+        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+        sys.stdout.flush()
+
+
+async def watch_peers(out: Output, *, timeout: float) -> None:
+    """``p2pnode peers --watch``: print discovery events as they happen, for ``timeout`` seconds."""
+    discovery = MdnsDiscovery(Identity.generate().peer_id, [])
+    await discovery.start()
+    out.emit("ready", "watching for peers (mDNS)")
+    try:
+        async with asyncio.timeout(timeout):
+            async for event in discovery.events():
+                if isinstance(event, PeerDiscovered):
+                    addrs = [str(a) for a in event.peer.addrs]
+                    peer = str(event.peer.peer_id)
+                    out.emit("discovered", f"+ {peer} {' '.join(addrs)}", peer_id=peer,
+                             addrs=addrs, at=time.time())  # fmt: skip
+                else:
+                    peer = str(event.peer_id)
+                    out.emit("expired", f"- {peer}", peer_id=peer, at=time.time())
+    except TimeoutError:
+        pass
+    finally:
+        await discovery.stop()
+
+
+async def list_peers(out: Output, *, timeout: float, identify: bool) -> None:
+    """``p2pnode peers``: listen for mDNS announcements for ``timeout`` seconds and list peers."""
+    node = Node(Identity.generate(), NodeConfig(keepalive_interval=None))
+    discovery = MdnsDiscovery(node.peer_id, [])
+    found: dict[PeerId, DiscoveredPeer] = {}
+
+    async def collect() -> None:
+        async for event in discovery.events():
+            if isinstance(event, PeerDiscovered):
+                found[event.peer.peer_id] = event.peer
+
+    await discovery.start()
+    collector = asyncio.create_task(collect())
+    try:
+        await asyncio.sleep(timeout)  # the listening window the user asked for
+        for peer in discovery.peers():
+            found.setdefault(peer.peer_id, peer)
+    finally:
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+        await discovery.stop()
+    try:
+        for peer in found.values():
+            fields: dict[str, Any] = {
+                "peer_id": str(peer.peer_id),
+                "addrs": [str(a) for a in peer.addrs],
+            }
+            if identify:
+                try:
+                    await node.dial_first(peer.peer_id, peer.addrs)
+                    info = await node.identify(peer.peer_id)
+                    fields.update(agent_version=info.agent_version, protocols=info.protocols)
+                except P2PError as exc:
+                    fields["identify_error"] = str(exc)
+            human = f"{peer.peer_id}  " + " ".join(fields["addrs"])
+            if "agent_version" in fields:
+                human += f"  ({fields['agent_version']})"
+            out.emit("peer", human, **fields)
+    finally:
+        await node.stop()
+    if not found:
+        print(
+            f"no peers answered within {timeout}s: are they running with mDNS on this network?",
+            file=sys.stderr,
+        )

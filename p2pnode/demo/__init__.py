@@ -1,0 +1,1 @@
+"""``python -m p2pnode.demo`` and the network namespaces it (and the tests) run in."""

@@ -1,0 +1,447 @@
+"""An upgraded connection: asyncio drives the Noise transport and a muxer session.
+
+This is the thin asyncio edge of the stack (compare aioquic's
+``asyncio/protocol.py``): each read feeds the sans-I/O cores, events wake
+:class:`~p2pnode.stream.Stream` objects, and everything the cores want to send
+is flushed once per loop iteration.
+
+Reads go into one receive buffer and one plaintext buffer shared by every
+connection of a thread (``buffer_updated`` consumes them before the loop reads
+again), so the receive path allocates only the payload each stream is handed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from p2pnode.errors import (
+    ConnectionClosedError,
+    LocalProtocolError,
+    MuxerError,
+    P2PError,
+    P2PTimeoutError,
+    RemoteProtocolError,
+    StreamResetError,
+)
+from p2pnode.net.stream import Stream
+from p2pnode.wire.identity import PeerId
+from p2pnode.wire.multiaddr import Multiaddr
+from p2pnode.wire.multistream import MultistreamDialer
+from p2pnode.wire.muxer import (
+    GoAwayReceived,
+    MuxerEvent,
+    MuxerSession,
+    PongReceived,
+    SendWindowOpened,
+    StreamData,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+from p2pnode.wire.noise import NoiseTransport
+
+log = logging.getLogger(__name__)
+
+InboundStreamHandler = Callable[[Stream], Coroutine[Any, Any, None]]
+
+RECEIVE_BUFFER_SIZE = 256 * 1024  # what asyncio's selector loop reads at most per call
+FLUSH_THRESHOLD = 64 * 1024  # queued payload that is encrypted and written at once
+WRITE_BUFFER_HIGH = 1024 * 1024  # unsent bytes in the transport before writers wait
+
+
+class _ReadBuffers(threading.local):
+    """One socket buffer and one plaintext buffer per thread, reused by every read."""
+
+    def __init__(self) -> None:
+        self.socket = bytearray(RECEIVE_BUFFER_SIZE)
+        self.socket_view = memoryview(self.socket)
+        # a read can also complete a message left over from the previous one
+        self.plaintext = bytearray(RECEIVE_BUFFER_SIZE + 65536)
+
+
+_buffers = _ReadBuffers()
+
+
+class Connection(asyncio.BufferedProtocol):
+    """A secure, multiplexed connection to one authenticated peer."""
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        secure: NoiseTransport,
+        muxer: MuxerSession,
+        *,
+        remote_peer: PeerId,
+        remote_addr: Multiaddr,
+        local_addr: Multiaddr,
+        is_initiator: bool,
+        on_inbound_stream: InboundStreamHandler,
+        keepalive_interval: float | None = 30.0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._transport = transport
+        self._secure = secure
+        self._muxer = muxer
+        self.remote_peer = remote_peer
+        self.remote_addr = remote_addr
+        self.local_addr = local_addr
+        self.is_initiator = is_initiator
+        self.muxer_protocol = muxer.protocol_id
+        self.opened_at = time.monotonic()
+        self._on_inbound_stream = on_inbound_stream
+        self._streams: dict[int, Stream] = {}
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        self._receiving = False  # in _receive_plaintext, which flushes when it is done
+        self._unflushed = 0  # payload bytes queued in the muxer since the last flush
+        self.write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed = asyncio.Event()
+        self._close_reason: P2PError | None = None
+        self._remote_goaway = False
+        self._close_callbacks: list[Callable[[Connection], None]] = []
+        self._keepalive_interval = keepalive_interval
+        self._keepalive_handle: asyncio.TimerHandle | None = None
+        self._keepalive_pending: int | None = None
+
+    def __repr__(self) -> str:
+        direction = "to" if self.is_initiator else "from"
+        return f"<Connection {direction} {self.remote_peer} at {self.remote_addr}>"
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is closed or closing."""
+        return self._close_reason is not None
+
+    @property
+    def protocol_error(self) -> RemoteProtocolError | None:
+        """The peer's protocol violation that closed this connection, if that is why."""
+        reason = self._close_reason
+        return reason if isinstance(reason, RemoteProtocolError) else None
+
+    @property
+    def is_usable(self) -> bool:
+        """True while new streams may be opened on this connection."""
+        return self._close_reason is None and not self._remote_goaway
+
+    @property
+    def stream_count(self) -> int:
+        """Streams currently open on this connection."""
+        return len(self._streams)
+
+    def on_close(self, callback: Callable[[Connection], None]) -> None:
+        """Call ``callback(connection)`` once the connection has closed."""
+        self._close_callbacks.append(callback)
+
+    async def open_stream(self) -> Stream:
+        """Open a raw multiplexed stream (no protocol negotiation)."""
+        if self._close_reason is not None:
+            raise ConnectionClosedError(f"{self!r} is closed: {self._close_reason}")
+        if self._remote_goaway:
+            raise ConnectionClosedError(f"{self.remote_peer} sent GoAway: open a new connection")
+        stream_id = self._muxer.open_stream()
+        stream = Stream(self, stream_id)
+        self._streams[stream_id] = stream
+        self._schedule_flush()
+        return stream
+
+    async def new_stream(self, protocols: list[str], *, optimistic: bool = False) -> Stream:
+        """Open a stream and agree on one of ``protocols`` with multistream-select.
+
+        With ``optimistic`` and a single protocol, return at once: the caller may
+        write right away, and the peer's answer is checked on the first read.
+        This saves a round trip when the peer is known to speak the protocol.
+        """
+        stream = await self.open_stream()
+        try:
+            if optimistic and len(protocols) == 1:
+                dialer = MultistreamDialer(protocols, optimistic=True)
+                stream._negotiation = dialer
+                stream.protocol = protocols[0]
+                await stream.write(dialer.initial_bytes())
+                return stream
+            dialer = MultistreamDialer(protocols)
+            await stream.write(dialer.initial_bytes())
+            taken = 0
+            while not dialer.done:
+                chunk = await stream._read_raw()
+                if not chunk:
+                    raise RemoteProtocolError("peer closed the stream during protocol negotiation")
+                taken += len(chunk)
+                reply = dialer.receive_data(chunk)
+                if reply:
+                    await stream.write(reply)
+            stream.protocol = dialer.selected
+            stream._return_unused(taken, dialer.leftover())
+            return stream
+        except BaseException:
+            stream.reset()
+            raise
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        """Round-trip time in seconds of a muxer-level ping (yamux only)."""
+        opaque = self._muxer.ping()
+        if opaque is None:
+            raise LocalProtocolError(f"{self.muxer_protocol} has no ping; use the ping protocol")
+        future: asyncio.Future[float] = self.loop.create_future()
+        self._pings[opaque] = (future, time.perf_counter())
+        self._schedule_flush()
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise P2PTimeoutError(f"no muxer pong from {self.remote_peer} in {timeout}s") from None
+        finally:
+            self._pings.pop(opaque, None)
+
+    async def close(self, code: int = 0) -> None:
+        """Send GoAway, close the socket, reset open streams and end stream handlers."""
+        if self._close_reason is None:
+            with contextlib.suppress(P2PError):
+                self._muxer.go_away(code)
+            self._flush()
+            self._shutdown(ConnectionClosedError(f"{self!r} was closed locally"))
+            self._transport.close()
+        tasks = [t for t in self._handler_tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._closed.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has closed."""
+        await self._closed.wait()
+
+    # -- start-up --------------------------------------------------------------
+
+    def start(self, initial_plaintext: bytes) -> None:
+        """Take over the transport; feed bytes that arrived during the upgrade."""
+        self._transport.set_protocol(self)
+        self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        if initial_plaintext:
+            self._receive_plaintext(initial_plaintext)
+        self._arm_keepalive()
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _buffers.socket_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffers = _buffers
+        try:
+            plaintext = self._secure.receive_into(buffers.socket_view[:nbytes], buffers.plaintext)
+        except RemoteProtocolError as exc:
+            self._abort(exc)
+            return
+        if plaintext:
+            self._receive_plaintext(plaintext)
+
+    def eof_received(self) -> bool:
+        self._abort(ConnectionClosedError(f"{self.remote_peer} closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"connection to {self.remote_peer} lost" + (f": {exc}" if exc else "")
+        self._shutdown(ConnectionClosedError(reason))
+        self._closed.set()
+        for callback in self._close_callbacks:
+            callback(self)
+        self._close_callbacks.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self._drain_waiter
+        self._drain_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the hot path --------------------------------------------------------
+
+    def _receive_plaintext(self, plaintext: bytes | bytearray | memoryview) -> None:
+        try:
+            events = self._muxer.receive_data(plaintext)
+        except RemoteProtocolError as exc:
+            self._abort(exc)
+            return
+        streams = self._streams
+        self._receiving = True  # answers written from here go out in the flush below
+        try:
+            for event in events:
+                if type(event) is StreamData:
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream._feed(event.data)
+                    else:
+                        # Nobody will read it: give the credit back at once.
+                        self._muxer.consumed(event.stream_id, len(event.data))
+                else:
+                    self._handle_event(event)
+        finally:
+            self._receiving = False
+        if self._unflushed:
+            self._flush()  # answers written inline: send them now
+        elif self._muxer.has_data_to_send:
+            # Only control frames (ACKs, window updates, pongs): they ride along with
+            # whatever the woken stream handlers write in the next iteration.
+            self._schedule_flush()
+
+    def _handle_event(self, event: MuxerEvent) -> None:
+        streams = self._streams
+        if type(event) is SendWindowOpened:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                stream._wake_writer()
+        elif type(event) is StreamOpened:
+            stream = Stream(self, event.stream_id)
+            streams[event.stream_id] = stream
+            task = self.loop.create_task(self._on_inbound_stream(stream))
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_tasks.discard)
+        elif type(event) is StreamEnded:
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                stream._feed_eof()
+                self._forget_if_done(stream)
+        elif type(event) is StreamReset:
+            stream = streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream._fail(StreamResetError(f"{stream!r} was reset: {event.reason}"))
+        elif type(event) is PongReceived:
+            pending = self._pings.get(event.opaque)
+            if pending is not None and not pending[0].done():
+                pending[0].set_result(time.perf_counter() - pending[1])
+            if event.opaque == self._keepalive_pending:
+                self._keepalive_pending = None
+        elif type(event) is GoAwayReceived:
+            self._remote_goaway = True
+            log.debug("%r: peer sent GoAway code %d", self, event.code)
+
+    def _forget_if_done(self, stream: Stream) -> None:
+        if stream._eof and stream._write_closed:
+            self._streams.pop(stream.stream_id, None)
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and not self._receiving:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._unflushed = 0
+        out = self._muxer.data_to_send()
+        if out and not self._transport.is_closing():
+            self._transport.write(self._secure.encrypt(out))
+
+    # -- the StreamOwner interface, called by Stream -------------------------------
+
+    def flush_pending(self) -> None:
+        if self._flush_handle is not None:
+            self._flush()
+
+    def stream_send_window(self, stream_id: int) -> int:
+        return self._muxer.send_window(stream_id)
+
+    def stream_send(self, stream_id: int, data: memoryview) -> int:
+        try:
+            sent = self._muxer.send(stream_id, data)
+        except MuxerError as exc:
+            stream = self._streams.pop(stream_id, None)
+            if stream is not None:
+                stream._fail(exc)
+            raise
+        if sent:
+            self._unflushed += sent
+            if self._unflushed >= FLUSH_THRESHOLD:
+                self._flush()  # bulk data: let the transport push back (pause_writing) now
+            else:
+                self._schedule_flush()  # small writes of one loop iteration go out together
+        return sent
+
+    def stream_consumed(self, stream_id: int, size: int) -> None:
+        if size > 0 and self._close_reason is None and self._muxer.consumed(stream_id, size):
+            self._schedule_flush()
+
+    def stream_close_write(self, stream_id: int) -> None:
+        if self._close_reason is None:
+            self._muxer.close_stream(stream_id)
+            self._schedule_flush()
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._forget_if_done(stream)
+
+    def stream_reset(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+        if self._close_reason is None:
+            self._muxer.reset_stream(stream_id)
+            self._schedule_flush()
+
+    async def drained(self) -> None:
+        if self.write_paused and self._close_reason is None:
+            if self._drain_waiter is None:
+                self._drain_waiter = self.loop.create_future()
+            # Shared by every writer: one of them being cancelled must not cancel it.
+            await asyncio.shield(self._drain_waiter)
+
+    # -- shutting down -----------------------------------------------------------
+
+    def _abort(self, reason: P2PError) -> None:
+        """The peer broke the protocol or went away: close this connection only."""
+        if self._close_reason is not None:
+            return
+        if isinstance(reason, RemoteProtocolError):
+            log.info("closing %r: %s", self, reason)
+        self._flush()  # e.g. the GoAway the muxer queued for a protocol error
+        self._shutdown(reason)
+        self._transport.close()
+
+    def _shutdown(self, reason: P2PError) -> None:
+        if self._close_reason is None:
+            self._close_reason = reason
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        streams = list(self._streams.values())
+        self._streams.clear()
+        error = self._close_reason
+        for stream in streams:
+            stream._fail(ConnectionClosedError(str(error)))
+        for future, _ in self._pings.values():
+            if not future.done():
+                future.set_exception(ConnectionClosedError(str(error)))
+        waiter = self._drain_waiter
+        self._drain_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionClosedError(str(error)))
+            waiter.exception()  # mark retrieved when nobody waits any more
+
+    # -- keepalive -----------------------------------------------------------------
+
+    def _arm_keepalive(self) -> None:
+        if self._keepalive_interval and self._close_reason is None:
+            self._keepalive_handle = self.loop.call_later(self._keepalive_interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        if self._keepalive_pending is not None:
+            self._abort(P2PTimeoutError(f"{self.remote_peer} did not answer a keepalive ping"))
+            return
+        self._keepalive_pending = self._muxer.ping()
+        self._flush()
+        self._arm_keepalive()

@@ -1,0 +1,337 @@
+"""TCP transport and the connection upgrade: multistream -> Noise -> multistream -> muxer.
+
+Every step is a sans-I/O state machine; this module only moves their bytes
+over an asyncio transport and enforces the handshake timeout. Messages of
+consecutive steps are pipelined where the protocols allow it, so a dial costs
+TCP's handshake plus two round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from p2pnode.errors import (
+    ConnectionClosedError,
+    DialError,
+    HandshakeError,
+    MultiaddrError,
+    NegotiationError,
+    P2PError,
+    P2PTimeoutError,
+)
+from p2pnode.net.connection import Connection, InboundStreamHandler
+from p2pnode.wire.identity import Identity, PeerId
+from p2pnode.wire.mplex import PROTOCOL_ID as MPLEX_ID
+from p2pnode.wire.mplex import MplexConfig, MplexSession
+from p2pnode.wire.multiaddr import Multiaddr
+from p2pnode.wire.multistream import MultistreamDialer, MultistreamListener
+from p2pnode.wire.muxer import MuxerSession
+from p2pnode.wire.noise import PROTOCOL_ID as NOISE_ID
+from p2pnode.wire.noise import NoiseHandshake, NoiseStaticKey, NoiseTransport
+from p2pnode.wire.yamux import PROTOCOL_ID as YAMUX_ID
+from p2pnode.wire.yamux import YamuxConfig, YamuxSession
+
+MUXERS = {"yamux": YAMUX_ID, "mplex": MPLEX_ID}
+
+
+@dataclass(slots=True)
+class TransportConfig:
+    """How connections are set up and which muxers are offered, in order of preference."""
+
+    identity: Identity
+    muxers: Sequence[str] = (YAMUX_ID, MPLEX_ID)
+    handshake_timeout: float = 10.0
+    keepalive_interval: float | None = 30.0
+    yamux: YamuxConfig = field(default_factory=YamuxConfig)
+    mplex: MplexConfig = field(default_factory=MplexConfig)
+    noise_key: NoiseStaticKey = field(init=False)  # one static key for every handshake
+
+    def __post_init__(self) -> None:
+        self.noise_key = NoiseStaticKey(self.identity)
+
+    def make_muxer(self, protocol_id: str, *, is_initiator: bool) -> MuxerSession:
+        if protocol_id == YAMUX_ID:
+            return YamuxSession(is_client=is_initiator, config=self.yamux)
+        return MplexSession(is_initiator=is_initiator, config=self.mplex)
+
+
+@dataclass(slots=True)
+class _Upgraded:
+    """What the handshake produced: the secure channel, the proven peer and the muxer."""
+
+    secure: NoiseTransport
+    remote_peer: PeerId
+    muxer_id: str
+    early_plaintext: bytes
+
+
+class _HandshakeProtocol(asyncio.Protocol):
+    """Buffers raw bytes for the upgrade coroutine until the Connection takes over."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: P2PError | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._error = HandshakeError("the peer closed the connection during the handshake")
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._error is None:
+            self._error = HandshakeError(f"connection lost during the handshake: {exc}")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def receive(self) -> bytes:
+        while not self._buffer:
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    def write(self, data: bytes | bytearray) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+def _sockaddr_to_multiaddr(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> Multiaddr:
+    host, port = sockaddr[0].split("%")[0], sockaddr[1]  # a socket's address: well formed
+    return Multiaddr.from_string(f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}")
+
+
+async def _select_muxer(
+    raw: _HandshakeProtocol,
+    secure: NoiseTransport,
+    selector: MultistreamDialer | MultistreamListener,
+    remote_peer: PeerId,
+) -> _Upgraded:
+    """Run multistream-select for the muxer inside the Noise channel (either side)."""
+    plaintext = secure.receive_data(b"")
+    while True:
+        if plaintext:
+            reply = selector.receive_data(plaintext)
+            if reply:
+                raw.write(secure.encrypt(reply))
+        if selector.done:
+            break
+        plaintext = secure.receive_data(await raw.receive())
+    assert selector.selected is not None
+    return _Upgraded(secure, remote_peer, selector.selected, selector.leftover())
+
+
+async def _negotiate_security_dialer(
+    raw: _HandshakeProtocol, config: TransportConfig, expected_peer: PeerId | None
+) -> _Upgraded:
+    """Dialer side of the upgrade."""
+    security = MultistreamDialer([NOISE_ID], optimistic=True)
+    noise = NoiseHandshake(config.noise_key, initiator=True, expected_peer=expected_peer)
+    raw.write(security.initial_bytes() + noise.start())
+    while not security.done:
+        security.receive_data(await raw.receive())
+    pending = security.leftover()
+    final_message = b""
+    while not noise.complete:
+        final_message = noise.receive_data(pending or await raw.receive())
+        pending = b""
+    secure = noise.transport()
+    muxer_select = MultistreamDialer(list(config.muxers))
+    raw.write(final_message + secure.encrypt(muxer_select.initial_bytes()))
+    return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
+
+
+async def _negotiate_security_listener(
+    raw: _HandshakeProtocol, config: TransportConfig
+) -> _Upgraded:
+    """Listener side of the upgrade."""
+    security = MultistreamListener([NOISE_ID])
+    while not security.done:
+        reply = security.receive_data(await raw.receive())
+        if reply:
+            raw.write(reply)
+    pending = security.leftover()
+    noise = NoiseHandshake(config.noise_key, initiator=False)
+    while not noise.complete:
+        reply = noise.receive_data(pending or await raw.receive())
+        pending = b""
+        if reply:
+            raw.write(reply)
+    secure = noise.transport()
+    muxer_select = MultistreamListener(list(config.muxers))
+    return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
+
+
+async def upgrade(
+    raw: _HandshakeProtocol,
+    config: TransportConfig,
+    *,
+    is_initiator: bool,
+    expected_peer: PeerId | None,
+    on_inbound_stream: InboundStreamHandler,
+) -> Connection:
+    """Run the whole upgrade on a fresh TCP connection; close it on any failure."""
+    transport = raw.transport
+    assert transport is not None
+    try:
+        async with asyncio.timeout(config.handshake_timeout):
+            if is_initiator:
+                done = await _negotiate_security_dialer(raw, config, expected_peer)
+            else:
+                done = await _negotiate_security_listener(raw, config)
+    except TimeoutError:
+        transport.abort()
+        raise P2PTimeoutError(
+            f"handshake did not finish within {config.handshake_timeout}s: "
+            "the peer is silent or too slow"
+        ) from None
+    except BaseException:
+        transport.abort()
+        raise
+    muxer = config.make_muxer(done.muxer_id, is_initiator=is_initiator)
+    peername = transport.get_extra_info("peername")
+    sockname = transport.get_extra_info("sockname")
+    conn = Connection(
+        transport,
+        done.secure,
+        muxer,
+        remote_peer=done.remote_peer,
+        remote_addr=_sockaddr_to_multiaddr(peername),
+        local_addr=_sockaddr_to_multiaddr(sockname),
+        is_initiator=is_initiator,
+        on_inbound_stream=on_inbound_stream,
+        keepalive_interval=config.keepalive_interval,
+    )
+    conn.start(done.early_plaintext)
+    return conn
+
+
+async def dial(
+    addr: Multiaddr, config: TransportConfig, on_inbound_stream: InboundStreamHandler
+) -> Connection:
+    """Connect to ``addr`` and upgrade; the remote must prove the /p2p id if the address has one."""
+    host, port = addr.tcp_host_port()
+    loop = asyncio.get_running_loop()
+    try:
+        _, raw = await asyncio.wait_for(
+            loop.create_connection(_HandshakeProtocol, host, port),
+            timeout=config.handshake_timeout,
+        )
+    except TimeoutError:
+        raise DialError(f"could not connect to {addr}: timed out") from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise DialError(
+            f"could not connect to {addr}: {reason}; check that the peer runs and listens there"
+        ) from None
+    try:
+        return await upgrade(
+            raw,
+            config,
+            is_initiator=True,
+            expected_peer=addr.peer_id,
+            on_inbound_stream=on_inbound_stream,
+        )
+    except (HandshakeError, NegotiationError, P2PTimeoutError):
+        raise
+    except ConnectionClosedError as exc:
+        raise HandshakeError(f"handshake with {addr} failed: {exc}") from exc
+    except P2PError as exc:
+        raise HandshakeError(f"handshake with {addr} failed: {exc}") from exc
+
+
+class Listener:
+    """A TCP listener that upgrades every accepted connection."""
+
+    def __init__(
+        self,
+        server: asyncio.Server,
+        handshakes: set[asyncio.Task[None]],
+    ) -> None:
+        self._server = server
+        self._handshakes = handshakes
+
+    @property
+    def addrs(self) -> list[Multiaddr]:
+        """The bound addresses (with the real port when 0 was asked for)."""
+        return [_sockaddr_to_multiaddr(sock.getsockname()) for sock in self._server.sockets]
+
+    async def close(self) -> None:
+        """Stop accepting and abandon handshakes still in progress."""
+        self._server.close()
+        for task in list(self._handshakes):
+            task.cancel()
+        if self._handshakes:
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
+        await self._server.wait_closed()
+
+
+async def listen(
+    addr: Multiaddr,
+    config: TransportConfig,
+    on_connection: Callable[[Connection], None],
+    on_inbound_stream: InboundStreamHandler,
+    on_handshake_error: Callable[[Exception, Multiaddr], None],
+) -> Listener:
+    """Listen on a TCP multiaddr; each upgraded connection is passed to ``on_connection``."""
+    if addr.value_for("ip4") is None and addr.value_for("ip6") is None:
+        raise MultiaddrError(f"can only listen on /ip4 or /ip6 TCP addresses, not {addr}")
+    host, port = addr.tcp_host_port()
+    loop = asyncio.get_running_loop()
+    handshakes: set[asyncio.Task[None]] = set()
+
+    async def run_upgrade(raw: _HandshakeProtocol) -> None:
+        assert raw.transport is not None
+        remote = _sockaddr_to_multiaddr(raw.transport.get_extra_info("peername"))
+        try:
+            conn = await upgrade(
+                raw,
+                config,
+                is_initiator=False,
+                expected_peer=None,
+                on_inbound_stream=on_inbound_stream,
+            )
+        except P2PError as exc:
+            on_handshake_error(exc, remote)
+            return
+        on_connection(conn)
+
+    def accept() -> _HandshakeProtocol:
+        raw = _HandshakeProtocol()
+        original = raw.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            original(transport)
+            task = loop.create_task(run_upgrade(raw))
+            handshakes.add(task)
+            task.add_done_callback(handshakes.discard)
+
+        raw.connection_made = connection_made  # type: ignore[method-assign]
+        return raw
+
+    family = socket.AF_INET6 if addr.value_for("ip6") is not None else socket.AF_INET
+    try:
+        server = await loop.create_server(accept, host, port, family=family, reuse_address=True)
+    except OSError as exc:
+        raise DialError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+    return Listener(server, handshakes)

@@ -1,0 +1,191 @@
+"""Task handlers: what a server does with a task's input (echo, a command, a Python callable)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from p2pnode.errors import LocalProtocolError
+from p2pnode.protocols.task.messages import TaskRequest
+
+STDERR_TAIL = 2048
+_KIND_PREFIX = re.compile(r"^([A-Za-z0-9_.-]+)=(.*)$", re.DOTALL)
+
+
+class HandlerFailedError(Exception):
+    """A handler could not produce an output; the message goes back to the peer."""
+
+
+class TaskHandler(Protocol):
+    """Turns a request into its output string; raise HandlerFailedError (or anything) to fail."""
+
+    async def run(self, request: TaskRequest) -> str: ...
+
+
+class EchoHandler:
+    """Answers with the input: the built-in default."""
+
+    async def run(self, request: TaskRequest) -> str:
+        return request.input
+
+
+class ExecHandler:
+    """Runs a command per task (no shell): input on stdin, output from stdout.
+
+    The process is killed when the task times out or is cancelled.
+    """
+
+    def __init__(self, argv: Sequence[str], max_output: int = 16 * 1024 * 1024) -> None:
+        if not argv:
+            raise LocalProtocolError("--exec needs a command")
+        self.argv = list(argv)
+        self.max_output = max_output
+
+    def __repr__(self) -> str:
+        return f"ExecHandler({shlex.join(self.argv)!r})"
+
+    async def run(self, request: TaskRequest) -> str:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise HandlerFailedError(f"cannot run {self.argv[0]!r}: {exc.strerror}") from None
+        try:
+            stdout, stderr = await self._communicate(proc, request.input.encode())
+            code = await proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if code != 0:
+            tail = stderr[-STDERR_TAIL:].decode(errors="replace").strip()
+            raise HandlerFailedError(
+                f"command {self.argv[0]!r} exited with status {code}"
+                + (f": {tail}" if tail else "")
+            )
+        return stdout.decode(errors="replace")
+
+    async def _communicate(
+        self, proc: asyncio.subprocess.Process, data: bytes
+    ) -> tuple[bytes, bytes]:
+        stdout, stderr, _ = await asyncio.gather(
+            self._read_limited(proc.stdout, self.max_output, proc),
+            self._read_limited(proc.stderr, 1 << 20, proc),
+            self._feed(proc, data),
+        )
+        return stdout, stderr
+
+    @staticmethod
+    async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        proc.stdin.close()
+
+    @staticmethod
+    async def _read_limited(
+        pipe: asyncio.StreamReader | None, limit: int, proc: asyncio.subprocess.Process
+    ) -> bytes:
+        assert pipe is not None
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := await pipe.read(65536):
+            total += len(chunk)
+            if total > limit:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                raise HandlerFailedError(f"command wrote more than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class PythonHandler:
+    """Calls a Python function with the TaskRequest: async ones on the loop, sync ones in a thread.
+
+    A sync function that times out keeps running in its thread; its result is discarded.
+    """
+
+    def __init__(self, func: Callable[[TaskRequest], Any], name: str = "") -> None:
+        self.func = func
+        self.name = name or getattr(func, "__qualname__", repr(func))
+        call = getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        self._is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
+
+    async def run(self, request: TaskRequest) -> str:
+        if self._is_async:
+            result = await self.func(request)
+        else:
+            result = await asyncio.to_thread(self.func, request)
+        if not isinstance(result, str):
+            raise HandlerFailedError(
+                f"handler {self.name} returned {type(result).__name__}, not str"
+            )
+        return result
+
+
+def load_python_handler(spec: str) -> PythonHandler:
+    """``module:function`` -> a PythonHandler (LocalProtocolError with advice when it fails)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise LocalProtocolError(f"--handler {spec!r}: expected module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LocalProtocolError(
+            f"--handler {spec!r}: cannot import {module_name}: {exc} (is it on PYTHONPATH?)"
+        ) from None
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise LocalProtocolError(f"--handler {spec!r}: {module_name} has no callable {attr}")
+    return PythonHandler(func, spec)
+
+
+def _split_kind(spec: str) -> tuple[str, str]:
+    match = _KIND_PREFIX.match(spec)
+    if match and " " not in match.group(1):
+        return match.group(1), match.group(2)
+    return "default", spec
+
+
+def parse_handler_specs(
+    exec_specs: Sequence[str], python_specs: Sequence[str]
+) -> dict[str, TaskHandler]:
+    """Handlers by kind from ``--exec [KIND=]"CMD ..."`` and ``--handler [KIND=]module:func``.
+
+    ``echo`` is always available; ``default`` is echo unless a spec without KIND= replaces it.
+    """
+    handlers: dict[str, TaskHandler] = {"default": EchoHandler(), "echo": EchoHandler()}
+    seen: set[str] = set()
+    specs: list[tuple[str, str, bool]] = [(s, "--exec", True) for s in exec_specs]
+    specs += [(s, "--handler", False) for s in python_specs]
+    for spec, option, is_exec in specs:
+        kind, body = _split_kind(spec)
+        if kind in seen:
+            raise LocalProtocolError(f"{option} {spec!r}: kind {kind!r} is defined twice")
+        seen.add(kind)
+        if is_exec:
+            try:
+                argv = shlex.split(body)
+            except ValueError as exc:
+                raise LocalProtocolError(f"--exec {spec!r}: {exc}") from None
+            handlers[kind] = ExecHandler(argv)
+        else:
+            handlers[kind] = load_python_handler(body)
+    return handlers
+
+
+def describe(handlers: Mapping[str, TaskHandler]) -> dict[str, str]:
+    """A short description of each kind, for logs."""
+    return {kind: type(h).__name__ for kind, h in sorted(handlers.items())}
