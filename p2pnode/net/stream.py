@@ -68,6 +68,7 @@ class Stream:
         "_deadline",
         "_eof",
         "_error",
+        "_fin_deferred",
         "_inline",
         "_negotiation",
         "_on_fail",
@@ -92,6 +93,8 @@ class Stream:
         self._write_waiter: asyncio.Future[None] | None = None
         # Set while an optimistic multistream answer is still due (see Connection.new_stream).
         self._negotiation: MultistreamDialer | None = None
+        # close_write() came before the optimistic answer: the FIN waits for it (see close_write).
+        self._fin_deferred = False
         self._on_fail: list[Callable[[Exception], object]] | None = None
         self._inline: _InlineAnswers | None = None  # set while answer_inline() runs
         self._deadline: float | None = None  # loop time after which waits fail
@@ -282,6 +285,38 @@ class Stream:
                 raise DecodeError("peer refused the optimistically selected protocol")
         self.protocol = dialer.selected
         self._return_unused(taken, dialer.leftover())
+        self._send_deferred_fin()
+
+    def _negotiate_buffered(self) -> None:
+        """Finish an optimistic negotiation from what is buffered, without waiting.
+
+        Only while nobody reads (a reader runs :meth:`_finish_negotiation` itself).
+        """
+        dialer = self._negotiation
+        if dialer is None:
+            return
+        taken = 0
+        while self._chunks and not dialer.done:
+            chunk = self._chunks.popleft()
+            self._readable -= len(chunk)
+            taken += len(chunk)
+            if dialer.receive_data(chunk):
+                self._negotiation = None
+                self._fail(DecodeError("peer refused the optimistically selected protocol"))
+                self._conn.stream_reset(self.stream_id)
+                return
+        if not dialer.done:
+            self._conn.stream_consumed(self.stream_id, taken)
+            return
+        self._negotiation = None
+        self.protocol = dialer.selected
+        self._return_unused(taken, dialer.leftover())
+        self._send_deferred_fin()
+
+    def _send_deferred_fin(self) -> None:
+        if self._fin_deferred and self._error is None:
+            self._fin_deferred = False
+            self._conn.stream_close_write(self.stream_id)
 
     # -- called by the connection -----------------------------------------
 
@@ -290,6 +325,8 @@ class Stream:
             return
         self._chunks.append(data)
         self._readable += len(data)
+        if self._fin_deferred:
+            self._negotiate_buffered()
         self._wake_reader()
 
     def _feed_eof(self) -> None:
@@ -360,6 +397,14 @@ class Stream:
         if self._write_closed or self._error is not None:
             return
         self._write_closed = True
+        if self._negotiation is not None:
+            # An optimistic open whose protocol the peer has not confirmed yet: some
+            # listeners (js-libp2p) cannot answer a stream whose FIN arrives before they
+            # finished negotiating it. The data already went out; the FIN follows the
+            # confirmation, which costs nothing against a peer that answers at once.
+            self._fin_deferred = True
+            self._negotiate_buffered()
+            return
         self._conn.stream_close_write(self.stream_id)
 
     async def close(self) -> None:
