@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,26 @@ def require_js_peer() -> str:
 class JsListener:
     """A running `peer.mjs listen` process."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, hello: dict[str, Any]) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, hello: dict[str, Any], stderr: Path | None = None
+    ) -> None:
         self.proc = proc
         self.peer_id: str = hello["peer_id"]
         self.addr: str = hello["addrs"][0]
         self.events: list[dict[str, Any]] = []
+        self.stderr_path = stderr
+
+    def stderr(self) -> str:
+        """What the js peer wrote to stderr so far (its handler errors, with stacks)."""
+        if self.stderr_path is None or not self.stderr_path.exists():
+            return ""
+        return self.stderr_path.read_text(errors="replace")
+
+    async def report(self, timeout: float = 2) -> str:
+        """For failure messages: the events seen so far, one more if it comes soon, stderr."""
+        with contextlib.suppress(AssertionError, TimeoutError):
+            await self.next_event("never-printed", timeout)
+        return f"js events: {self.events}; js stderr: {self.stderr()[-3000:]!r}"
 
     async def next_event(self, kind: str, timeout: float = 20) -> dict[str, Any]:
         for event in self.events:
@@ -64,6 +81,8 @@ class JsListener:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        if self.stderr_path is not None:
+            self.stderr_path.unlink(missing_ok=True)
 
 
 async def start_js_listener(*args: str, netns: str | None = None) -> JsListener:
@@ -71,12 +90,14 @@ async def start_js_listener(*args: str, netns: str | None = None) -> JsListener:
     argv = [node, str(PEER_SCRIPT), "listen", *args]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    fd, name = tempfile.mkstemp(prefix="js-peer-", suffix=".stderr")
+    stderr = Path(name)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=fd
+        )
+    finally:
+        os.close(fd)
     assert proc.stdout is not None
     try:
         async with asyncio.timeout(30):
@@ -85,9 +106,10 @@ async def start_js_listener(*args: str, netns: str | None = None) -> JsListener:
     except BaseException:
         proc.kill()
         await proc.wait()
+        stderr.unlink(missing_ok=True)
         raise
-    assert hello["event"] == "listening", hello
-    return JsListener(proc, hello)
+    assert hello["event"] == "listening", (hello, stderr.read_text(errors="replace"))
+    return JsListener(proc, hello, stderr)
 
 
 async def js_dial(addr: str, action: str, *args: str, timeout: float = 120) -> dict[str, Any]:

@@ -1,17 +1,24 @@
 // js-libp2p test peer for p2pnode's interop tests. Every stdout line is one JSON object.
 //
 //   node peer.mjs listen [--muxer yamux|mplex|both] [--mdns] [--port N]
+//                        [--task-style one-message|eof]
 //   node peer.mjs dial <multiaddr> <action> [--muxer ...] [action options]
 //     actions: ping [--count N] | identify | echo --size N --streams K
 //              | bulk-send --size N | bulk-recv --size N
-//              | task --input TEXT [--kind K] [--timeout-ms N]
+//              | task --input TEXT [--kind K] [--timeout-ms N] [--client-style half-close|keep-open]
 //
 // Test protocols (served in listen mode; p2pnode's tests serve the same ones):
 //   /p2pnode/echo/1.0.0  echo every byte until the remote half-closes
 //   /p2pnode/bulk/1.0.0  header: 8-byte big-endian N, 1-byte mode; mode 0: the dialer sends
 //                        N bytes and gets their SHA-256 back; mode 1: the listener sends N
 //                        bytes of the pattern byte[i] = (i * 31 + 7) & 0xff
-//   /p2pnode/task/1.0.0  the task protocol, implemented from docs/task-protocol.md
+//   /p2pnode/task/1.0.0  the task protocol, implemented from docs/task-protocol.md, in the styles
+//                        of real libp2p stacks. Servers (--task-style): `one-message` (default)
+//                        answers once one length-prefixed request is read; `eof` reads until the
+//                        client half-closes, then answers (libp2p request-response codecs). Each
+//                        task prints a `task-served` or `task-error` event. Clients
+//                        (--client-style): `half-close` (default) closes the write side after
+//                        the request; `keep-open` keeps it open until the response arrived.
 
 // libp2p 3 wants Node >= 22; on Node 20 only Promise.withResolvers is missing.
 if (typeof Promise.withResolvers !== 'function') {
@@ -189,34 +196,100 @@ function taskResponse (taskId, started, output, error) {
   return response
 }
 
-async function handleTask (stream) {
+/** The response to a request body (the bytes after the length prefix). */
+function answerTask (body, started) {
+  let request
+  try {
+    request = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body))
+  } catch (err) {
+    request = null
+  }
+  if (request === null || typeof request !== 'object' || typeof request.task_id !== 'string' || typeof request.input !== 'string' ||
+      (request.kind !== undefined && typeof request.kind !== 'string')) {
+    const taskId = request && typeof request.task_id === 'string' ? request.task_id : ''
+    return taskResponse(taskId, started, '', { code: 'bad_request', message: 'request must be a JSON object with string task_id and input' })
+  }
+  const kind = request.kind ?? 'default'
+  if (kind === 'default' || kind === 'echo') return taskResponse(request.task_id, started, request.input)
+  if (kind === 'upper') return taskResponse(request.task_id, started, request.input.toUpperCase())
+  return taskResponse(request.task_id, started, '', { code: 'unknown_kind', message: `no handler for kind ${kind}; try default, echo or upper` })
+}
+
+function tooLarge (size, started) {
+  return taskResponse('', started, '', { code: 'too_large', message: `request of ${size} bytes exceeds ${MAX_TASK_REQUEST}` })
+}
+
+/** Server style `one-message`: answer as soon as one length-prefixed request has been read. */
+async function serveTaskOneMessage (stream) {
   const reader = new Reader(stream)
   const started = performance.now()
-  let response
   const size = await reader.varint()
-  if (size > MAX_TASK_REQUEST) {
-    response = taskResponse('', started, '', { code: 'too_large', message: `request of ${size} bytes exceeds ${MAX_TASK_REQUEST}` })
-  } else {
-    const body = await reader.exactly(size)
-    let request
-    try {
-      request = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body))
-    } catch (err) {
-      request = null
-    }
-    if (request === null || typeof request !== 'object' || typeof request.task_id !== 'string' || typeof request.input !== 'string' ||
-        (request.kind !== undefined && typeof request.kind !== 'string')) {
-      const taskId = request && typeof request.task_id === 'string' ? request.task_id : ''
-      response = taskResponse(taskId, started, '', { code: 'bad_request', message: 'request must be a JSON object with string task_id and input' })
-    } else {
-      const kind = request.kind ?? 'default'
-      if (kind === 'default' || kind === 'echo') response = taskResponse(request.task_id, started, request.input)
-      else if (kind === 'upper') response = taskResponse(request.task_id, started, request.input.toUpperCase())
-      else response = taskResponse(request.task_id, started, '', { code: 'unknown_kind', message: `no handler for kind ${kind}; try default, echo or upper` })
-    }
-  }
+  const response = size > MAX_TASK_REQUEST ? tooLarge(size, started) : answerTask(await reader.exactly(size), started)
   await send(stream, frame(response))
   await stream.close()
+  return response
+}
+
+/**
+ * Server style `eof`: read the whole request until the client half-closes, then answer,
+ * as libp2p request-response codecs do (read to the end with a size limit, then decode).
+ */
+async function serveTaskUntilEof (stream) {
+  const started = performance.now()
+  const chunks = []
+  let received = 0
+  // What the stream said after the last chunk: if the loop never ends although the remote
+  // write side was closed by then, the failure message shows it.
+  let seen = 'no data yet'
+  try {
+    for await (const chunk of stream) {
+      const bytes = chunk.subarray()
+      received += bytes.byteLength
+      seen = `after ${received} request bytes remoteWriteStatus=${stream.remoteWriteStatus} readableEnded=${stream.readableEnded}`
+      if (received > MAX_TASK_REQUEST + 10) {
+        stream.abort(new Error(`request over ${MAX_TASK_REQUEST} bytes`))
+        throw new Error(`request over ${MAX_TASK_REQUEST} bytes, stream reset`)
+      }
+      chunks.push(bytes)
+    }
+  } catch (err) {
+    err.message += ` (while waiting for the end of the request; ${seen})`
+    throw err
+  }
+  const request = Buffer.concat(chunks)
+  let size = 0; let prefix = 0
+  for (let shift = 0; prefix < Math.min(request.length, 9); shift += 7) {
+    const byte = request[prefix++]
+    size += (byte & 0x7f) * 2 ** shift
+    if (byte < 0x80) break
+  }
+  let response
+  if (size > MAX_TASK_REQUEST) response = tooLarge(size, started)
+  else if (request.length !== prefix + size) {
+    response = taskResponse('', started, '', { code: 'bad_request', message: `expected one message of ${size} bytes, got ${request.length - prefix} bytes before the end of the stream` })
+  } else response = answerTask(request.subarray(prefix), started)
+  await send(stream, frame(response))
+  await stream.close()
+  return response
+}
+
+const TASK_SERVER_STYLES = { 'one-message': serveTaskOneMessage, eof: serveTaskUntilEof }
+
+/** A task handler that reports every task as an event (`task-served` or `task-error`). */
+function taskHandler (style) {
+  const serve = TASK_SERVER_STYLES[style]
+  if (serve === undefined) throw new Error(`unknown --task-style ${style}; use one-message or eof`)
+  return async (stream, connection) => {
+    const muxer = connection.multiplexer ?? null
+    try {
+      const response = await serve(stream)
+      out({ event: 'task-served', style, muxer, task_id: response.task_id, error: response.error?.code ?? null })
+    } catch (err) {
+      log(`task handler (${style}) failed:`, err.stack)
+      out({ event: 'task-error', style, muxer, error: `${err.name}: ${err.message}` })
+      stream.abort(err)
+    }
+  }
 }
 
 // -- node set-up ------------------------------------------------------------------------
@@ -276,7 +349,7 @@ async function listen (options) {
   const handlerOptions = { maxInboundStreams: 256, maxOutboundStreams: 256 }
   await node.handle(ECHO, handleEcho, handlerOptions)
   await node.handle(BULK, handleBulk, handlerOptions)
-  await node.handle(TASK, handleTask, handlerOptions)
+  await node.handle(TASK, taskHandler(options['task-style'] ?? 'one-message'), handlerOptions)
   node.addEventListener('connection:open', (evt) => out({ event: 'connection', peer_id: evt.detail.remotePeer.toString() }))
   node.addEventListener('peer:identify', (evt) => out(identifyJson(evt.detail)))
   node.addEventListener('peer:discovery', (evt) => out({ event: 'discovered', peer_id: evt.detail.id.toString(), addrs: evt.detail.multiaddrs.map(a => a.toString()) }))
@@ -343,16 +416,22 @@ async function dial (addr, action, options) {
       }
       out({ event: 'bulk', bytes: size, ok, seconds: (performance.now() - started) / 1000 })
     } else if (action === 'task') {
+      const style = options['client-style'] ?? 'half-close'
+      if (style !== 'half-close' && style !== 'keep-open') throw new Error(`unknown --client-style ${style}; use half-close or keep-open`)
       const request = { task_id: `js-${Date.now()}`, input: String(options.input ?? '') }
       if (options.kind) request.kind = options.kind
       if (options['timeout-ms']) request.timeout_ms = Number(options['timeout-ms'])
       const stream = await connection.newStream(TASK)
-      await send(stream, frame(request))
-      await stream.close()
       const reader = new Reader(stream)
+      await send(stream, frame(request))
+      // half-close: close() ends our write side only (a yamux FIN / mplex Close); the
+      // stream stays readable until the server closes its side.
+      if (style === 'half-close') await stream.close()
       const size = await reader.varint()
       const response = JSON.parse(new TextDecoder().decode(await reader.exactly(size)))
-      out({ event: 'task', response })
+      // keep-open: the write side stays open until the response has arrived.
+      if (style === 'keep-open') await stream.close()
+      out({ event: 'task', style, muxer: connection.multiplexer ?? null, response })
     } else {
       throw new Error(`unknown action ${action}`)
     }
