@@ -707,3 +707,13 @@ def test_random_traffic_delivers_exact_bytes_within_windows(
     for side in (True, False):
         for sid in ids:
             assert got[not side, sid] == sent[side, sid]
+
+
+def test_a_ping_flood_leaves_one_pong_to_send() -> None:
+    """A peer that pings without reading gets its latest ping answered, not a queue of pongs."""
+    server = YamuxSession(is_client=False, config=PLAIN)
+    flood = b"".join(encode_header(FrameType.PING, Flag.SYN, 0, n) for n in range(1, 10_001))
+    assert server.receive_data(flood) == []
+    assert server.has_data_to_send
+    assert server.data_to_send() == encode_header(FrameType.PING, Flag.ACK, 0, 10_000)
+    assert not server.has_data_to_send and server.data_to_send() == b""

@@ -53,6 +53,12 @@ InboundStreamHandler = Callable[[Stream], Coroutine[Any, Any, None]]
 RECEIVE_BUFFER_SIZE = 256 * 1024  # what asyncio's selector loop reads at most per call
 FLUSH_THRESHOLD = 64 * 1024  # queued payload that is encrypted and written at once
 WRITE_BUFFER_HIGH = 1024 * 1024  # unsent bytes in the transport before writers wait
+# A peer that keeps sending while it does not read makes us queue answers (pongs, ACKs,
+# resets, inline answers). Past this many unsent bytes we stop reading from it until its
+# socket drains, and a peer that stays so for STALL_TIMEOUT seconds is disconnected.
+# (Our own writers stop at WRITE_BUFFER_HIGH plus one piece each, well below it.)
+MAX_UNSENT = 5 * WRITE_BUFFER_HIGH
+STALL_TIMEOUT = 30.0
 
 
 class _ReadBuffers(threading.local):
@@ -110,6 +116,7 @@ class Connection(asyncio.BufferedProtocol):
         self._keepalive_interval = keepalive_interval
         self._keepalive_handle: asyncio.TimerHandle | None = None
         self._keepalive_pending: int | None = None
+        self._stall_handle: asyncio.TimerHandle | None = None  # set while reading is paused
 
     def __repr__(self) -> str:
         direction = "to" if self.is_initiator else "from"
@@ -264,6 +271,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._stall_handle is not None:
+            self._stall_handle.cancel()
+            self._stall_handle = None
+            if self._close_reason is None:
+                self._transport.resume_reading()
         waiter = self._drain_waiter
         self._drain_waiter = None
         if waiter is not None and not waiter.done():
@@ -345,7 +357,27 @@ class Connection(asyncio.BufferedProtocol):
         self._unflushed = 0
         out = self._muxer.data_to_send()
         if out and not self._transport.is_closing():
-            self._transport.write(self._secure.encrypt(out))
+            transport = self._transport
+            transport.write(self._secure.encrypt(out))
+            if (
+                self.write_paused
+                and self._stall_handle is None
+                and transport.get_write_buffer_size() > MAX_UNSENT
+            ):
+                self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        """The peer does not read what we owe it: take no more work from it for now."""
+        log.info("%r: the peer does not read; pausing reads from it", self)
+        self._transport.pause_reading()
+        self._stall_handle = self.loop.call_later(STALL_TIMEOUT, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall_handle = None
+        reason = f"{self.remote_peer} read nothing for {STALL_TIMEOUT:g}s: disconnected"
+        log.info("%r: %s", self, reason)
+        self._shutdown(P2PTimeoutError(reason))
+        self._transport.abort()  # close() would wait to send what the peer will not read
 
     # -- the StreamOwner interface, called by Stream -------------------------------
 
@@ -418,6 +450,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
+        if self._stall_handle is not None:
+            self._stall_handle.cancel()
+            self._stall_handle = None
         streams = list(self._streams.values())
         self._streams.clear()
         error = self._close_reason

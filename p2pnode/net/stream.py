@@ -63,6 +63,7 @@ class Stream:
     """
 
     __slots__ = (
+        "__weakref__",
         "_chunks",
         "_conn",
         "_deadline",
@@ -152,7 +153,7 @@ class Stream:
         chunks = self._chunks
         while not chunks:  # (_read_raw, inlined: a coroutine less per read on the hot path)
             if self._error is not None:
-                raise self._error
+                raise self._failure()
             if self._eof:
                 return b""
             await self._wait_readable()
@@ -203,7 +204,7 @@ class Stream:
                 data = await self.read()
                 await self.write(respond(data))
             if self._error is not None:
-                raise self._error
+                raise self._failure()
             if self._eof:
                 return
             inline = _InlineAnswers(respond)
@@ -225,7 +226,7 @@ class Stream:
         """
         while not self._chunks:
             if self._error is not None:
-                raise self._error
+                raise self._failure()
             if self._eof:
                 return b""
             await self._wait_readable()
@@ -333,9 +334,23 @@ class Stream:
         self._eof = True
         self._wake_reader()
 
+    def _failure(self) -> Exception:
+        """A fresh copy of the stored error to raise.
+
+        Raising the stored error itself would give it a traceback whose frames hold this
+        stream: a reference cycle that keeps the stream and its buffers alive until a
+        full garbage collection, which a quiet node rarely runs.
+        """
+        error = self._error
+        assert error is not None
+        fresh = type(error).__new__(type(error), *error.args)  # no __init__: any signature
+        fresh.args = error.args
+        fresh.__dict__.update(error.__dict__)
+        return fresh
+
     def _fail(self, error: Exception) -> None:
         if self._error is None:
-            self._error = error
+            self._error = error.with_traceback(None)
             callbacks, self._on_fail = self._on_fail, None
             for callback in callbacks or ():
                 callback(error)
@@ -361,7 +376,7 @@ class Stream:
         view = memoryview(data).cast("B")
         while True:
             if self._error is not None:
-                raise self._error
+                raise self._failure()
             if self._write_closed:
                 raise StreamClosedError(f"cannot write to {self!r}: it is closed for writing")
             sent = conn.stream_send(self.stream_id, view[:_WRITE_PIECE])

@@ -200,6 +200,7 @@ class YamuxSession:
         self._inbound_count = 0
         self._unacked_outbound = 0
         self._out: list[bytes | memoryview] = []
+        self._pending_pong: int | None = None  # opaque value of the Ping SYN to answer
         self._rbuf = bytearray()
         self._error: str | None = None
         self._local_goaway = False
@@ -321,7 +322,9 @@ class YamuxSession:
             self._on_stream_frame(frame_type, flags, stream_id, length, payload, events)
         elif frame_type == _PING:
             if flags & _SYN:
-                self._out.append(_pack_header(0, _PING, _ACK, 0, length))
+                # At most one pong waits to be sent: a peer that pings without reading
+                # gets an answer to its latest ping only, never a growing queue of them.
+                self._pending_pong = length
             elif flags & _ACK:
                 events.append(PongReceived(length))
         elif frame_type == _GO_AWAY:
@@ -568,11 +571,14 @@ class YamuxSession:
 
     @property
     def has_data_to_send(self) -> bool:
-        return bool(self._out)
+        return bool(self._out) or self._pending_pong is not None
 
     def data_to_send(self) -> bytes:
         """Return and forget all bytes queued for the peer."""
         out = self._out
+        if self._pending_pong is not None:
+            out.append(_pack_header(0, _PING, _ACK, 0, self._pending_pong))
+            self._pending_pong = None
         if not out:
             return b""
         self._out = []
