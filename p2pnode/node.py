@@ -8,10 +8,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from p2pnode.errors import (
+    ConnectionClosedError,
     DialError,
     DiscoveryError,
     LocalProtocolError,
@@ -21,6 +22,7 @@ from p2pnode.errors import (
 )
 from p2pnode.net.connection import Connection
 from p2pnode.net.host import PeerLike, StreamHandler
+from p2pnode.net.limits import Limits, Refusals
 from p2pnode.net.stream import Stream
 from p2pnode.net.transport import Listener, TransportConfig, dial, listen
 from p2pnode.protocols import identify, ping
@@ -68,6 +70,7 @@ class NodeConfig:
     # address cache on disk) and "mdns" (a LAN query). More can be added with add_router.
     peer_routing: Sequence[str] = ()
     lookup_timeout: float = 5.0  # seconds one router may take to find a peer
+    limits: Limits = field(default_factory=Limits)  # what peers can make this node hold
 
 
 class Node:
@@ -89,7 +92,10 @@ class Node:
             muxers=tuple(MUXERS[m] for m in self.config.muxers),
             handshake_timeout=self.config.handshake_timeout,
             keepalive_interval=self.config.keepalive_interval,
+            limits=self.config.limits,
         )
+        self.refusals: Refusals = self._transport_config.refusals
+        self._negotiating: dict[Connection, int] = {}
         self._handlers: dict[str, StreamHandler] = {}
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[Connection]] = {}
@@ -162,6 +168,36 @@ class Node:
         self._handlers.pop(protocol_id, None)
 
     async def _handle_inbound_stream(self, stream: Stream) -> None:
+        conn = stream.connection
+        assert isinstance(conn, Connection)
+        negotiating = self._negotiating.get(conn, 0)
+        if negotiating >= self.config.limits.max_negotiating_streams:
+            self.refusals.refuse(
+                "max_negotiating_streams", str(conn.remote_peer), f"{negotiating} on {conn!r}"
+            )
+            stream.reset()
+            return
+        self._negotiating[conn] = negotiating + 1
+        negotiated = False
+
+        def done_negotiating() -> None:
+            nonlocal negotiated
+            if not negotiated:
+                negotiated = True
+                left = self._negotiating.get(conn, 1) - 1
+                if left > 0:
+                    self._negotiating[conn] = left
+                else:
+                    self._negotiating.pop(conn, None)
+
+        try:
+            await self._negotiate_and_serve(stream, done_negotiating)
+        finally:
+            done_negotiating()
+
+    async def _negotiate_and_serve(
+        self, stream: Stream, done_negotiating: Callable[[], None]
+    ) -> None:
         try:
             selector = MultistreamListener(self._handlers.__contains__)
             taken = 0
@@ -181,6 +217,7 @@ class Node:
                 stream.reset()
                 return
             stream.set_deadline(None)
+            done_negotiating()
             assert selector.selected is not None
             stream.protocol = selector.selected
             stream._return_unused(taken, selector.leftover())
@@ -220,6 +257,25 @@ class Node:
     def _adopt_inbound(self, conn: Connection) -> None:
         if self._stopped:
             conn._abort(P2PTimeoutError("node is stopping"))
+            return
+        limits = self.config.limits
+        peer_conns = len(self._connections.get(conn.remote_peer, ()))
+        if peer_conns >= limits.max_connections_per_peer:
+            self.refusals.refuse(
+                "max_connections_per_peer", str(conn.remote_peer), f"{peer_conns} open already"
+            )
+            conn._abort(ConnectionClosedError("too many connections from this peer"))
+            return
+        ip = conn.remote_addr.value_for("ip4") or conn.remote_addr.value_for("ip6")
+        from_ip = sum(
+            1
+            for c in self.connections()
+            if not c.is_initiator
+            and (c.remote_addr.value_for("ip4") or c.remote_addr.value_for("ip6")) == ip
+        )
+        if from_ip >= limits.max_inbound_connections_per_ip:
+            self.refusals.refuse("max_inbound_connections_per_ip", str(ip), f"{from_ip} open")
+            conn._abort(ConnectionClosedError("too many connections from this address"))
             return
         self._register(conn)
 

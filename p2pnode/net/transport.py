@@ -9,8 +9,10 @@ TCP's handshake plus two round trips.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -25,6 +27,7 @@ from p2pnode.errors import (
     P2PTimeoutError,
 )
 from p2pnode.net.connection import Connection, InboundStreamHandler
+from p2pnode.net.limits import Limits, Refusals
 from p2pnode.wire.identity import Identity, PeerId
 from p2pnode.wire.mplex import PROTOCOL_ID as MPLEX_ID
 from p2pnode.wire.mplex import MplexConfig, MplexSession
@@ -49,10 +52,16 @@ class TransportConfig:
     keepalive_interval: float | None = 30.0
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
     mplex: MplexConfig = field(default_factory=MplexConfig)
+    limits: Limits = field(default_factory=Limits)
+    refusals: Refusals = field(default_factory=Refusals)
     noise_key: NoiseStaticKey = field(init=False)  # one static key for every handshake
 
     def __post_init__(self) -> None:
         self.noise_key = NoiseStaticKey(self.identity)
+        if self.yamux.max_inbound_streams != self.limits.max_inbound_streams:
+            self.yamux = dataclasses.replace(
+                self.yamux, max_inbound_streams=self.limits.max_inbound_streams
+            )
 
     def make_muxer(self, protocol_id: str, *, is_initiator: bool) -> MuxerSession:
         if protocol_id == YAMUX_ID:
@@ -299,10 +308,31 @@ async def listen(
     host, port = addr.tcp_host_port()
     loop = asyncio.get_running_loop()
     handshakes: set[asyncio.Task[None]] = set()
+    per_ip: Counter[str] = Counter()
+    limits, refusals = config.limits, config.refusals
 
     async def run_upgrade(raw: _HandshakeProtocol) -> None:
         assert raw.transport is not None
-        remote = _sockaddr_to_multiaddr(raw.transport.get_extra_info("peername"))
+        peername = raw.transport.get_extra_info("peername")
+        remote = _sockaddr_to_multiaddr(peername)
+        ip = str(peername[0])
+        if len(handshakes) > limits.max_inbound_handshakes:
+            refusals.refuse("max_inbound_handshakes", ip, f"{len(handshakes) - 1} in progress")
+            raw.transport.abort()
+            return
+        if per_ip[ip] >= limits.max_inbound_handshakes_per_ip:
+            refusals.refuse("max_inbound_handshakes_per_ip", ip, f"{per_ip[ip]} in progress")
+            raw.transport.abort()
+            return
+        per_ip[ip] += 1
+        try:
+            await _upgrade_inbound(raw, remote)
+        finally:
+            per_ip[ip] -= 1
+            if not per_ip[ip]:
+                del per_ip[ip]
+
+    async def _upgrade_inbound(raw: _HandshakeProtocol, remote: Multiaddr) -> None:
         try:
             conn = await upgrade(
                 raw,

@@ -1,0 +1,98 @@
+"""Limits: each refuses only what it must, is counted, and the node keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from p2pnode import Identity, Node, NodeConfig, P2PError
+from p2pnode.net.limits import Limits
+
+from .conftest import LOOPBACK, addr_of, start_node
+
+
+async def limited_server(**limits: int) -> Node:
+    return await Node.start(Identity.generate(), [LOOPBACK], NodeConfig(limits=Limits(**limits)))
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections_per_peer"):
+        Limits(max_connections_per_peer=0)
+
+
+async def test_connections_beyond_the_per_peer_limit_are_closed() -> None:
+    server = await limited_server(max_connections_per_peer=3)
+    identity = Identity.generate()
+    clients = [Node(identity) for _ in range(5)]  # one PeerId, five nodes
+    try:
+        conns = [await c.dial(addr_of(server)) for c in clients]
+        async with asyncio.timeout(10):
+            while len([c for c in conns if c.is_closed]) < 2:
+                await asyncio.wait(
+                    [asyncio.ensure_future(c.wait_closed()) for c in conns], timeout=0.05
+                )
+        assert len(server.connections(identity.peer_id)) == 3
+        assert server.refusals.counts["max_connections_per_peer"] == 2
+        other = await start_node()
+        try:
+            assert len(await other.ping(addr_of(server))) == 1
+        finally:
+            await other.stop()
+    finally:
+        for c in clients:
+            await c.stop()
+        await server.stop()
+
+
+async def test_silent_handshakes_beyond_the_per_ip_limit_are_cut_at_once() -> None:
+    server = await limited_server(max_inbound_handshakes_per_ip=4)
+    host, port = server.listen_addrs[0].tcp_host_port()
+    sockets = []
+    try:
+        for _ in range(10):
+            sockets.append(await asyncio.open_connection(host, port))
+        ended = 0
+        async with asyncio.timeout(5):  # well before the 10 s handshake timeout
+            for reader, _ in sockets[4:]:
+                await reader.read()  # EOF or reset: the server closed it
+                ended += 1
+        assert ended == 6
+        assert server.refusals.counts["max_inbound_handshakes_per_ip"] == 6
+        client = await start_node()
+        try:  # the limit is per IP, so loopback is full; a finished handshake frees a slot
+            for _, writer in sockets[:4]:
+                writer.close()
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        assert len(await client.ping(addr_of(server))) == 1
+                        break
+                    except P2PError:  # the server has not seen the close yet
+                        await asyncio.sleep(0.05)
+        finally:
+            await client.stop()
+    finally:
+        for _, writer in sockets:
+            writer.close()
+        await server.stop()
+
+
+async def test_streams_that_never_negotiate_are_reset_beyond_the_limit(client: Node) -> None:
+    server = await limited_server(max_negotiating_streams=8)
+    try:
+        conn = await client.dial(addr_of(server))
+        silent = [await conn.open_stream() for _ in range(20)]  # SYN, then nothing
+        async with asyncio.timeout(10):
+            while server.refusals.counts["max_negotiating_streams"] < 12:
+                await asyncio.sleep(0.01)
+        assert server.refusals.counts["max_negotiating_streams"] == 12
+        other = await start_node()  # the node still serves everyone else
+        try:
+            assert len(await other.ping(addr_of(server))) == 1
+        finally:
+            await other.stop()
+        for stream in silent:
+            stream.reset()
+    finally:
+        await server.stop()
