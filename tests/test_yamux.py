@@ -717,3 +717,22 @@ def test_a_ping_flood_leaves_one_pong_to_send() -> None:
     assert server.has_data_to_send
     assert server.data_to_send() == encode_header(FrameType.PING, Flag.ACK, 0, 10_000)
     assert not server.has_data_to_send and server.data_to_send() == b""
+
+
+def test_receive_credit_comes_from_the_connection_budget() -> None:
+    """32 streams may not each be granted 16 MiB: grants beyond the initial window share
+    max_connection_window, and a closed stream gives its share back."""
+    budget = 32 * 1024 * KIB
+    client, server = pair(client_config=None, server_config=YamuxConfig())
+    streams = [client.open_stream() for _ in range(32)]
+    exchange(client, server)
+    windows = [client.send_window(s) for s in streams]  # what the server granted each
+    extra = [w - INITIAL_WINDOW for w in windows]
+    assert windows[0] == windows[1] == 16 * 1024 * KIB  # room for the first ones in full
+    assert sum(extra) <= budget and windows[-1] < 2 * INITIAL_WINDOW
+    assert all(w >= INITIAL_WINDOW for w in windows)
+    client.reset_stream(streams[0])
+    exchange(client, server)
+    fresh = client.open_stream()
+    exchange(client, server)
+    assert client.send_window(fresh) - INITIAL_WINDOW >= extra[0] // 2  # the share came back

@@ -131,6 +131,7 @@ class YamuxConfig:
     max_inbound_streams: int = 256
     max_ack_backlog: int = 256
     max_frame_payload: int = 256 * 1024
+    max_connection_window: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 < self.initial_window <= self.max_receive_window <= _MAX_U32:
@@ -158,17 +159,21 @@ class _Stream:
 
     __slots__ = (
         "acked",
+        "extra",
         "local_closed",
         "pending_credit",
         "recv_window",
         "remote_closed",
         "send_window",
+        "threshold",
         "unconsumed",
     )
 
-    def __init__(self, send_window: int, recv_window: int, acked: bool) -> None:
+    def __init__(self, send_window: int, recv_window: int, acked: bool, extra: int) -> None:
         self.send_window = send_window  # bytes we may still send
         self.recv_window = recv_window  # bytes the peer may still send
+        self.extra = extra  # credit granted beyond the initial window (from the session's budget)
+        self.threshold = max(1, recv_window // 2)  # credit given back in one WindowUpdate
         self.unconsumed = 0  # delivered in events, not yet reported by consumed()
         self.pending_credit = 0  # consumed, not yet returned in a WindowUpdate
         self.acked = acked
@@ -191,7 +196,7 @@ class YamuxSession:
         self._initial_window = self.config.initial_window
         self._target_window = self.config.max_receive_window
         self._extra_credit = self._target_window - self._initial_window
-        self._update_threshold = max(1, self._target_window // 2)
+        self._granted = 0  # extra credit of the open streams (<= max_connection_window)
         self._max_frame = self.config.max_frame_payload
         self._next_id = 1 if is_client else 2
         self._remote_parity = 0 if is_client else 1
@@ -414,10 +419,11 @@ class YamuxSession:
         if self._local_goaway or self._inbound_count >= self.config.max_inbound_streams:
             self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
             return None
-        stream = _Stream(self._initial_window, self._target_window, True)
+        extra = self._grant()
+        stream = _Stream(self._initial_window, self._initial_window + extra, True, extra)
         self._streams[stream_id] = stream
         self._inbound_count += 1
-        self._out.append(_pack_header(0, _WINDOW_UPDATE, _ACK, stream_id, self._extra_credit))
+        self._out.append(_pack_header(0, _WINDOW_UPDATE, _ACK, stream_id, extra))
         events.append(StreamOpened(stream_id))
         return stream
 
@@ -426,8 +432,17 @@ class YamuxSession:
             return stream_id <= self._highest_remote_id
         return stream_id < self._next_id
 
+    def _grant(self) -> int:
+        """Extra credit for a new stream, taken from the session's budget."""
+        room = self.config.max_connection_window - self._granted
+        extra = self._extra_credit if room >= self._extra_credit else room // 2
+        extra = max(0, min(extra, self._extra_credit))
+        self._granted += extra
+        return extra
+
     def _forget(self, stream_id: int, stream: _Stream) -> None:
         """Update the counters for a stream just removed from the table."""
+        self._granted -= stream.extra
         if stream_id & 1 == self._remote_parity:
             self._inbound_count -= 1
         elif not stream.acked:
@@ -467,9 +482,11 @@ class YamuxSession:
         if stream_id > _MAX_U32:
             raise TooManyStreamsError("yamux stream ids exhausted; open a new connection")
         self._next_id = stream_id + 2
-        self._streams[stream_id] = _Stream(self._initial_window, self._target_window, False)
+        extra = self._grant()
+        window = self._initial_window + extra
+        self._streams[stream_id] = _Stream(self._initial_window, window, False, extra)
         self._unacked_outbound += 1
-        self._out.append(_pack_header(0, _WINDOW_UPDATE, _SYN, stream_id, self._extra_credit))
+        self._out.append(_pack_header(0, _WINDOW_UPDATE, _SYN, stream_id, extra))
         return stream_id
 
     def send(self, stream_id: int, data: Buffer) -> int:
@@ -526,7 +543,7 @@ class YamuxSession:
         if stream.remote_closed:
             return False  # the peer sends no more data; credit would be useless
         pending = stream.pending_credit + size
-        if pending < self._update_threshold:
+        if pending < stream.threshold:
             stream.pending_credit = pending
             return False
         stream.recv_window += pending
