@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JS_DIR := tests/interop/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
+P2PD_STAMP := tests/interop/go/bin/.installed-hivemind-1.1.12
 
-.PHONY: venv js-peer lint typecheck test test-fast demo bench bench-setup bench-quick clean
+.PHONY: venv js-peer go-peer lint typecheck test test-fast demo bench bench-setup bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,12 @@ $(JS_STAMP): $(JS_DIR)/package.json
 
 js-peer: $(JS_STAMP)
 
+# go-libp2p's p2pd daemon, unpacked from the hivemind 1.1.12 wheel.
+$(P2PD_STAMP): tests/interop/go/install_p2pd.sh $(STAMP)
+	PY=$(PY) sh tests/interop/go/install_p2pd.sh
+
+go-peer: $(P2PD_STAMP)
+
 lint: venv
 	$(VENV)/bin/ruff check p2pnode tests bench
 	$(VENV)/bin/ruff format --check p2pnode
@@ -30,7 +37,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-test: venv js-peer lint typecheck
+test: venv js-peer go-peer lint typecheck
 	P2PNODE_REQUIRE_INTEROP=1 $(VENV)/bin/pytest -q
 
 test-fast: venv
@@ -63,4 +70,4 @@ bench-quick: bench-setup
 	$(PY) -m bench.run --quick
 
 clean:
-	rm -rf $(VENV) $(JS_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(JS_DIR)/node_modules tests/interop/go/bin .mypy_cache .ruff_cache .pytest_cache

@@ -9,7 +9,7 @@ set -eu
 VERSION=1.1.12
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
-PIP=${PIP:-$ROOT/.venv/bin/pip}
+PY=${PY:-$ROOT/.venv/bin/python}
 BIN=$HERE/bin
 STAMP=$BIN/.installed-hivemind-$VERSION
 
@@ -21,11 +21,18 @@ fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM
 
-"$PIP" download --quiet --no-deps "hivemind==$VERSION" -d "$TMP"
+"$PY" -m pip download --quiet --no-deps "hivemind==$VERSION" -d "$TMP"
 WHEEL=$(ls "$TMP"/hivemind-"$VERSION"-*.whl)
 mkdir -p "$BIN"
 rm -f "$BIN"/.installed-hivemind-*
-unzip -o -j -q "$WHEEL" hivemind/hivemind_cli/p2pd hivemind/proto/p2pd.proto -d "$BIN"
+# Python's zipfile rather than unzip(1), which a fresh machine may not have.
+"$PY" - "$WHEEL" "$BIN" <<'PYEOF'
+import sys, zipfile, pathlib
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+with zipfile.ZipFile(wheel) as zf:
+    for name in ("hivemind/hivemind_cli/p2pd", "hivemind/proto/p2pd.proto"):
+        (dest / pathlib.PurePosixPath(name).name).write_bytes(zf.read(name))
+PYEOF
 chmod 0755 "$BIN/p2pd"
 "$BIN/p2pd" -help >/dev/null 2>&1 || {
     echo "install_p2pd.sh: $BIN/p2pd does not run on this machine" >&2
