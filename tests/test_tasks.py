@@ -146,6 +146,53 @@ async def test_exec_timeout_kills_the_process(
         os.kill(pid, 0)
 
 
+def _gone(pid: int) -> bool:
+    """True when no process ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+async def test_exec_timeout_kills_the_whole_process_group(
+    make_server: MakeServer, client: Node, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    script = f"sleep 30 & echo $! > {pidfile}; wait"
+    server = await make_server(
+        {"default": ExecHandler(["sh", "-c", script]), "echo": EchoHandler()}, max_concurrent=1
+    )
+    body = b'{"task_id":"slow","input":"in","timeout_ms":300}'
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(10):
+        response = await raw_exchange(client, server, encode_frame(body))
+    assert error_code(response) == "timeout"
+    assert loop.time() - started < 5  # not held up by the grandchild's copy of stdout
+    assert _gone(int(pidfile.read_text()))
+    assert server.running == 0
+    result = await send_task(client, addr_of(server.node), "next", kind="echo")
+    assert result.output == "next"  # the slot was freed: not busy
+
+
+async def test_exec_cancelled_by_shutdown_kills_the_group(
+    make_server: MakeServer, client: Node, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    script = f"sleep 30 & echo $! > {pidfile}; wait"
+    server = await make_server({"default": ExecHandler(["sh", "-c", script])})
+    body = b'{"task_id":"slow","input":"in"}'
+    exchange = asyncio.create_task(raw_exchange(client, server, encode_frame(body)))
+    async with asyncio.timeout(10):
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            await asyncio.sleep(0.01)  # polling for a file the command writes
+        await server.shutdown(0.1)
+        response = await exchange
+    assert error_code(response) == "shutting_down"
+    assert _gone(int(pidfile.read_text()))
+
+
 async def test_python_handlers_sync_and_async(make_server: MakeServer, client: Node) -> None:
     def reverse(request: TaskRequest) -> str:
         return request.input[::-1]

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import os
 import re
 import shlex
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -38,8 +40,13 @@ class EchoHandler:
 class ExecHandler:
     """Runs a command per task (no shell): input on stdin, output from stdout.
 
-    The process is killed when the task times out or is cancelled.
+    The command runs in a process group of its own; the whole group is killed when the
+    task times out or is cancelled (which includes the server's shutdown), so children
+    it started do not outlive it. After the kill, waiting for the process is bounded:
+    pipes still held by an orphan that escaped the group are not waited on.
     """
+
+    KILL_WAIT = 5.0  # seconds to wait for the killed process to be reaped
 
     def __init__(self, argv: Sequence[str], max_output: int = 16 * 1024 * 1024) -> None:
         if not argv:
@@ -57,6 +64,7 @@ class ExecHandler:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
             )
         except OSError as exc:
             raise HandlerFailedError(f"cannot run {self.argv[0]!r}: {exc.strerror}") from None
@@ -64,9 +72,7 @@ class ExecHandler:
             stdout, stderr = await self._communicate(proc, request.input.encode())
             code = await proc.wait()
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            await self._kill_group(proc)
             raise
         if code != 0:
             tail = stderr[-STDERR_TAIL:].decode(errors="replace").strip()
@@ -75,6 +81,26 @@ class ExecHandler:
                 + (f": {tail}" if tail else "")
             )
         return stdout.decode(errors="replace")
+
+    @staticmethod
+    def _kill_group_now(proc: asyncio.subprocess.Process) -> None:
+        """SIGKILL the command's process group (its session: pgid == pid)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+    async def _kill_group(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill the group and reap the process, never waiting long (even when cancelled)."""
+        self._kill_group_now(proc)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.feed_eof()
+        wait = asyncio.ensure_future(proc.wait())
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(wait), self.KILL_WAIT)
+        if not wait.done():
+            wait.cancel()
 
     async def _communicate(
         self, proc: asyncio.subprocess.Process, data: bytes
@@ -104,8 +130,7 @@ class ExecHandler:
         while chunk := await pipe.read(65536):
             total += len(chunk)
             if total > limit:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                ExecHandler._kill_group_now(proc)
                 raise HandlerFailedError(f"command wrote more than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
