@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pnode.errors import DecodeError, P2PError, StreamResetError
@@ -620,7 +620,49 @@ async def test_thousand_streams_at_once_memory_stays_bounded(
 # -- the decoders never raise anything but our own error ---------------------------------
 
 
+_DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"task_id":"x","input":"a","kind":' + b"[" * _DEEP + b"]" * _DEEP + b"}",
+        b'{"task_id":"x","input":' + b"[" * _DEEP + b"]" * _DEEP + b"}",
+        b'{"task_id":"x","input":"a","extra":' + b"[" * _DEEP + b"]" * _DEEP + b"}",
+        b'{"task_id":"x","input":"a","extra":' + b'{"a":' * _DEEP + b"1" + b"}" * _DEEP + b"}",
+        b'{"task_id":"x","input":"\xff\xfe"}',
+        b'{"task_id":"x","input":"caf\xc3"}',
+        b'{"task_id":"x","input":5}',
+        b'{"task_id":["x"],"input":"a"}',
+        b'{"task_id":"x","input":"a","timeout_ms":"soon"}',
+        b"[1,2]",
+    ],
+    ids=["deep-kind", "deep-input", "deep-extra", "deep-object", "bad-utf8", "cut-utf8",
+         "int-input", "list-id", "str-timeout", "array"],
+)  # fmt: skip
+def test_hostile_request_bodies_are_decode_errors(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_request(body)
+    from p2pnode.protocols.task.messages import task_id_of
+
+    assert isinstance(task_id_of(body), str)
+
+
+async def test_deeply_nested_request_gets_bad_request(
+    make_server: MakeServer, client: Node
+) -> None:
+    server = await make_server()
+    body = b'{"task_id":"x","input":"a","extra":' + b"[" * _DEEP + b"]" * _DEEP + b"}"
+    response = await raw_exchange(client, server, encode_frame(body))
+    assert error_code(response) == "bad_request"
+    deep_id = b'{"task_id":' + b"[" * _DEEP + b"]" * _DEEP + b',"input":"a"}'
+    response = await raw_exchange(client, server, encode_frame(deep_id))
+    assert error_code(response) == "bad_request"
+    assert (await send_task(client, addr_of(server.node), "still up")).output == "still up"
+
+
 @given(st.binary(max_size=300))
+@settings(deadline=None)
 def test_decode_request_fuzz(body: bytes) -> None:
     try:
         request = decode_request(body)
@@ -635,6 +677,7 @@ def test_decode_request_fuzz(body: bytes) -> None:
         st.one_of(st.none(), st.integers(), st.text(max_size=10), st.booleans()),
     )
 )
+@settings(deadline=None)
 def test_decode_request_fuzz_structured(fields: dict[str, object]) -> None:
     body = json.dumps(fields).encode()
     try:
@@ -642,6 +685,30 @@ def test_decode_request_fuzz_structured(fields: dict[str, object]) -> None:
     except DecodeError:
         return
     assert request.task_id == fields["task_id"] and request.input == fields["input"]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=20,
+)
+
+
+@given(st.sampled_from(["task_id", "input", "kind", "timeout_ms", "extra"]), _json_values)
+@settings(deadline=None)
+def test_decode_request_fuzz_any_json_in_any_field(field: str, value: object) -> None:
+    fields: dict[str, object] = {"task_id": "t", "input": "i", field: value}
+    try:
+        request = decode_request(json.dumps(fields).encode())
+    except DecodeError:
+        return
+    assert isinstance(request, TaskRequest)
+
+
+def test_deep_response_is_a_decode_error() -> None:
+    body = b'{"task_id":"x","output":"","latency_ms":1,"e":' + b"[" * _DEEP + b"]" * _DEEP + b"}"
+    with pytest.raises(DecodeError):
+        decode_response(body)
 
 
 @given(st.binary(max_size=300))
