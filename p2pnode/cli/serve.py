@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +62,16 @@ def read_allow_list(allow: list[str], allow_file: str | None) -> set[PeerId] | N
     return allowed
 
 
+def add_cwd_to_path() -> None:
+    """Let ``--handler mymod:f`` find mymod.py in the current directory (as uvicorn does).
+
+    ``python -m p2pnode`` has it on sys.path already; the ``p2pnode`` script does not.
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 async def run_serve(options: ServeOptions, out: Output) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
     from p2pnode.cli.output import format_event, full_addrs
@@ -69,6 +81,8 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
     else:
         path = Path(options.identity_path) if options.identity_path else default_identity_path()
         identity = Identity.load_or_create(path)
+    if options.python_specs:
+        add_cwd_to_path()
     handlers = parse_handler_specs(options.exec_specs, options.python_specs)
     allowed = read_allow_list(options.allow, options.allow_file)
     stop = asyncio.Event()

@@ -171,6 +171,15 @@ def load_python_handler(spec: str) -> PythonHandler:
         raise LocalProtocolError(
             f"--handler {spec!r}: cannot import {module_name}: {exc} (is it on PYTHONPATH?)"
         ) from None
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else module_name
+        raise LocalProtocolError(
+            f"--handler {spec!r}: module {module_name} has a syntax error at {where}: {exc.msg}"
+        ) from None
+    except Exception as exc:
+        raise LocalProtocolError(
+            f"--handler {spec!r}: importing module {module_name} raised {type(exc).__name__}: {exc}"
+        ) from None
     func = getattr(module, attr, None)
     if not callable(func):
         raise LocalProtocolError(f"--handler {spec!r}: {module_name} has no callable {attr}")
