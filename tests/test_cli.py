@@ -351,3 +351,15 @@ def test_unexpected_errors_are_one_line_unless_verbose(
     assert line.startswith("error: internal error: UnicodeDecodeError")
     verbose = run(cli_env, "-v", *serve)
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+def test_short_help_and_version_options(cli_env: dict[str, str]) -> None:
+    for command in ([], ["serve"], ["ping"], ["send-task"], ["peers"], ["id"]):
+        result = run(cli_env, *command, "-h")
+        assert result.returncode == 0 and "Usage:" in result.stdout, (command, result.stderr)
+    version = run(cli_env, "-V")
+    assert version.returncode == 0 and "version" in version.stdout
+    ping_help = run(cli_env, "ping", "-h").stdout
+    assert "Pings to send." in ping_help and "[default: 5" in ping_help
+    assert "[default: 10.0]" in ping_help  # --timeout
+    assert "[default: 30.0]" in run(cli_env, "send-task", "-h").stdout

@@ -61,8 +61,8 @@ class SafeGroup(click.Group):
             internal_error(exc, Output(as_json))
 
 
-@click.group(cls=SafeGroup)
-@click.version_option(package_name="p2pnode")
+@click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "-V", "--version", package_name="p2pnode")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
 def main(verbose: int) -> None:
     """p2pnode: a libp2p-compatible peer-to-peer task exchange."""
@@ -110,7 +110,7 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
     "--max-concurrent",
     type=click.IntRange(min=1),
     default=None,
-    help="Tasks run at once; beyond it new tasks get 'busy'.",
+    help="Tasks run at once; beyond it new tasks get 'busy'. [default: 128]",
 )
 @click.option(
     "--allow", "allow", multiple=True, help="Only accept tasks from this PeerId (repeatable)."
@@ -167,7 +167,14 @@ def serve(
 
 @main.command("ping")
 @click.argument("addr")
-@click.option("--count", "-c", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--count",
+    "-c",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Pings to send.",
+)
 @muxer_option
 @click.option(
     "--timeout",
@@ -271,7 +278,12 @@ def send_task_command(
 @click.option(
     "--timeout", type=Seconds(), default=2.0, show_default=True, help="Seconds to listen."
 )
-@click.option("--identify/--no-identify", default=True, help="Ask each peer what it serves.")
+@click.option(
+    "--identify/--no-identify",
+    default=True,
+    show_default=True,
+    help="Ask each peer what it serves.",
+)
 @click.option("--watch", is_flag=True, help="Print discovered/expired events as they happen.")
 @json_option
 def peers_command(timeout: float, identify: bool, watch: bool, as_json: bool) -> None:
