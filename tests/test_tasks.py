@@ -731,3 +731,26 @@ def test_error_codes_map_to_error_types() -> None:
     assert kinds[TaskRefusedError] == {"unauthorized", "busy", "shutting_down", "unknown_kind"}
     assert kinds[TaskTimeoutError] == {"timeout"}
     assert kinds[TaskFailedError] == {"bad_request", "too_large", "failed"}
+
+
+def test_exec_spec_syntax() -> None:
+    from p2pnode.errors import LocalProtocolError
+    from p2pnode.protocols.task.handlers import parse_handler_specs
+
+    handlers = parse_handler_specs(["upper=tr a-z A-Z", "my-kind_2=cat", "sort -r"], [])
+    assert isinstance(handlers["upper"], ExecHandler) and handlers["upper"].argv[0] == "tr"
+    assert isinstance(handlers["my-kind_2"], ExecHandler)
+    default = handlers["default"]
+    assert isinstance(default, ExecHandler) and default.argv == ["sort", "-r"]
+    bad = {
+        "LANG=C sort": "env LANG=C sort",
+        "=cat": "empty",
+        "echo=cat": "built in",
+        "nope=/nonexistent/p2pnode-tool": "not found",
+        "x=": "no command",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(LocalProtocolError, match=message):
+            parse_handler_specs([spec], [])
+    with pytest.raises(LocalProtocolError, match="twice"):
+        parse_handler_specs(["a=cat", "a=sort"], [])

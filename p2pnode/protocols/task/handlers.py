@@ -9,6 +9,7 @@ import inspect
 import os
 import re
 import shlex
+import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -17,7 +18,8 @@ from p2pnode.errors import LocalProtocolError
 from p2pnode.protocols.task.messages import TaskRequest
 
 STDERR_TAIL = 2048
-_KIND_PREFIX = re.compile(r"^([A-Za-z0-9_.-]+)=(.*)$", re.DOTALL)
+_KIND_PREFIX = re.compile(r"^([a-z][a-z0-9_-]*)=(.*)$", re.DOTALL)
+_ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 class HandlerFailedError(Exception):
@@ -186,11 +188,35 @@ def load_python_handler(spec: str) -> PythonHandler:
     return PythonHandler(func, spec)
 
 
-def _split_kind(spec: str) -> tuple[str, str]:
+def _split_kind(spec: str, option: str) -> tuple[str, str]:
+    """``kind=body`` when the spec starts with a lowercase name and ``=``; else ("default", spec).
+
+    ``LANG=C sort`` (a name that is not lowercase) is not a kind: it stays the command.
+    """
+    if spec.startswith("="):
+        raise LocalProtocolError(f"{option} {spec!r}: the kind before '=' is empty")
     match = _KIND_PREFIX.match(spec)
-    if match and " " not in match.group(1):
+    if match:
         return match.group(1), match.group(2)
     return "default", spec
+
+
+def _exec_argv(spec: str, body: str) -> list[str]:
+    try:
+        argv = shlex.split(body)
+    except ValueError as exc:
+        raise LocalProtocolError(f"--exec {spec!r}: {exc}") from None
+    if not argv:
+        raise LocalProtocolError(f"--exec {spec!r}: no command")
+    if _ENV_ASSIGNMENT.match(argv[0]):
+        raise LocalProtocolError(
+            f"--exec {spec!r}: {argv[0]!r} looks like an environment variable, but commands "
+            f"run without a shell: write {'env ' + shlex.join(argv)!r}; a kind must be a "
+            "lowercase name (letters, digits, - and _) before '='"
+        )
+    if shutil.which(argv[0]) is None:
+        raise LocalProtocolError(f"--exec {spec!r}: command {argv[0]!r} not found")
+    return argv
 
 
 def parse_handler_specs(
@@ -205,16 +231,14 @@ def parse_handler_specs(
     specs: list[tuple[str, str, bool]] = [(s, "--exec", True) for s in exec_specs]
     specs += [(s, "--handler", False) for s in python_specs]
     for spec, option, is_exec in specs:
-        kind, body = _split_kind(spec)
+        kind, body = _split_kind(spec, option)
+        if kind == "echo":
+            raise LocalProtocolError(f"{option} {spec!r}: the kind 'echo' is built in")
         if kind in seen:
             raise LocalProtocolError(f"{option} {spec!r}: kind {kind!r} is defined twice")
         seen.add(kind)
         if is_exec:
-            try:
-                argv = shlex.split(body)
-            except ValueError as exc:
-                raise LocalProtocolError(f"--exec {spec!r}: {exc}") from None
-            handlers[kind] = ExecHandler(argv)
+            handlers[kind] = ExecHandler(_exec_argv(spec, body))
         else:
             handlers[kind] = load_python_handler(body)
     return handlers
