@@ -216,7 +216,9 @@ async def test_python_handler_exception_and_wrong_type_are_failed(
     def wrong(request: TaskRequest) -> str:
         return 42  # type: ignore[return-value]
 
-    server = await make_server({"broken": PythonHandler(broken), "wrong": PythonHandler(wrong)})
+    server = await make_server(
+        {"broken": PythonHandler(broken), "wrong": PythonHandler(wrong)}, expose_errors=True
+    )
     addr = addr_of(server.node)
     with pytest.raises(TaskFailedError, match="ValueError: no good input"):
         await send_task(client, addr, "x", kind="broken")
@@ -754,3 +756,30 @@ def test_exec_spec_syntax() -> None:
             parse_handler_specs([spec], [])
     with pytest.raises(LocalProtocolError, match="twice"):
         parse_handler_specs(["a=cat", "a=sort"], [])
+
+
+async def test_handler_exceptions_are_logged_and_hidden_from_the_peer(
+    make_server: MakeServer, client: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(request: TaskRequest) -> str:
+        raise ValueError("secret path /etc/thing")
+
+    server = await make_server({"broken": PythonHandler(broken)})
+    with (
+        caplog.at_level("ERROR", logger="p2pnode.protocols.task.server"),
+        pytest.raises(TaskFailedError) as caught,
+    ):
+        await send_task(client, addr_of(server.node), "x", kind="broken")
+    assert "secret" not in str(caught.value) and "see the server's log" in str(caught.value)
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.name == "p2pnode.protocols.task.server"
+    assert record.exc_info is not None and "secret path" in caplog.text
+
+
+async def test_exec_stderr_on_success_is_logged_at_debug(
+    make_server: MakeServer, client: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_server({"default": ExecHandler(["sh", "-c", "echo note >&2; cat"])})
+    with caplog.at_level("DEBUG", logger="p2pnode.protocols.task.server"):
+        assert (await send_task(client, addr_of(server.node), "in")).output == "in"
+    assert any("note" in r.getMessage() and r.levelname == "DEBUG" for r in caplog.records)

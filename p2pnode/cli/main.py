@@ -128,6 +128,11 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
     help="Seconds running tasks get to finish on shutdown.",
 )
 @click.option("--no-mdns", is_flag=True, help="Do not advertise or discover peers with mDNS.")
+@click.option(
+    "--expose-errors",
+    is_flag=True,
+    help="Send a Python handler's exception text to the peer (default: a generic message).",
+)
 @json_option
 def serve(
     listen_addrs: tuple[str, ...],
@@ -141,6 +146,7 @@ def serve(
     allow_file: str | None,
     grace: float,
     no_mdns: bool,
+    expose_errors: bool,
     as_json: bool,
 ) -> None:
     """Run a node that serves tasks until SIGINT or SIGTERM."""
@@ -161,6 +167,7 @@ def serve(
         allow_file=allow_file,
         grace=grace,
         mdns=not no_mdns,
+        expose_errors=expose_errors,
     )
     run_async(lambda: run_serve(options, out), out)
 

@@ -41,6 +41,7 @@ class ServeOptions:
     allow_file: str | None = None
     grace: float = 10.0
     mdns: bool = True
+    expose_errors: bool = False
 
 
 def read_allow_list(allow: list[str], allow_file: str | None) -> set[PeerId] | None:
@@ -104,6 +105,7 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         handlers,
         max_concurrent=options.max_concurrent or DEFAULT_MAX_CONCURRENT,
         allow=allowed,
+        expose_errors=options.expose_errors,
         on_log=lambda record: print(
             format_log_json(record) if out.as_json else format_log_human(record), flush=True
         ),

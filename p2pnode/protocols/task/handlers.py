@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import logging
 import os
 import re
 import shlex
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 
 from p2pnode.errors import LocalProtocolError
 from p2pnode.protocols.task.messages import TaskRequest
+
+log = logging.getLogger("p2pnode.protocols.task.server")  # the task server's logger
 
 STDERR_TAIL = 2048
 _KIND_PREFIX = re.compile(r"^([a-z][a-z0-9_-]*)=(.*)$", re.DOTALL)
@@ -82,6 +85,9 @@ class ExecHandler:
                 f"command {self.argv[0]!r} exited with status {code}"
                 + (f": {tail}" if tail else "")
             )
+        if stderr and log.isEnabledFor(logging.DEBUG):
+            tail = stderr[-STDERR_TAIL:].decode(errors="replace").strip()
+            log.debug("task %s: %r wrote to stderr: %s", request.task_id, self.argv[0], tail)
         return stdout.decode(errors="replace")
 
     @staticmethod

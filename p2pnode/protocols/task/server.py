@@ -43,6 +43,7 @@ REQUEST_READ_TIMEOUT = 30.0
 RESPONSE_WRITE_TIMEOUT = 30.0
 _STREAM_FAILED = "the stream failed"  # why a running handler was cancelled
 _GRACE_OVER = "the grace period ended"
+GENERIC_FAILURE = "the handler failed; see the server's log"
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
@@ -111,6 +112,7 @@ class TaskServer:
         request_read_timeout: float = REQUEST_READ_TIMEOUT,
         response_write_timeout: float = RESPONSE_WRITE_TIMEOUT,
         on_log: Callable[[TaskLogRecord], None] | None = None,
+        expose_errors: bool = False,
     ) -> None:
         self.node = node
         self.handlers = dict(handlers)
@@ -122,6 +124,7 @@ class TaskServer:
         self.request_read_timeout = request_read_timeout
         self.response_write_timeout = response_write_timeout
         self.on_log = on_log
+        self.expose_errors = expose_errors  # send handler exceptions' text to the peer
         self._running: set[asyncio.Task[None]] = set()  # stream tasks inside a handler
         self._cancelled: dict[asyncio.Task[None], str] = {}  # why we cancelled a handler
         self._active = 0  # streams being served, from first byte to response written
@@ -282,6 +285,16 @@ class TaskServer:
             raise _Rejected(error_response(request.task_id, ErrorCode.FAILED, str(exc))) from None
         except Exception as exc:
             message = f"handler raised {type(exc).__name__}: {exc}"
+            log.error(
+                "task %s kind=%s from %s: %s",
+                request.task_id,
+                request.kind,
+                stream.remote_peer,
+                message,
+                exc_info=exc,
+            )
+            if not self.expose_errors:
+                message = GENERIC_FAILURE
             raise _Rejected(error_response(request.task_id, ErrorCode.FAILED, message)) from None
         finally:
             self._running.discard(this)
