@@ -363,3 +363,24 @@ def test_short_help_and_version_options(cli_env: dict[str, str]) -> None:
     assert "Pings to send." in ping_help and "[default: 5" in ping_help
     assert "[default: 10.0]" in ping_help  # --timeout
     assert "[default: 30.0]" in run(cli_env, "send-task", "-h").stdout
+
+
+def test_a_second_signal_stops_at_once(
+    server: tuple[Process, dict], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    proc, listening = server
+    in_flight = subprocess.Popen(
+        [*P2PNODE, "send-task", listening["addrs"][0], "x", "--kind", "slow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,
+    )  # fmt: skip
+    try:
+        wait_for(tmp_path / "started")
+        proc.proc.send_signal(signal.SIGTERM)
+        stopping = proc.event("stopping")
+        assert stopping["running"] == 1 and stopping["grace_s"] == 30
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(10) == 130  # not the 30 s of grace
+    finally:
+        in_flight.communicate(timeout=30)
+    assert in_flight.returncode != 0
+

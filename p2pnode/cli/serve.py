@@ -22,6 +22,8 @@ from p2pnode.protocols.task.server import (
 )
 from p2pnode.wire.identity import Identity, PeerId, default_identity_path
 
+EXIT_INTERRUPTED = 130  # a second SIGINT/SIGTERM cut the grace period short
+
 if TYPE_CHECKING:
     from p2pnode.cli.output import Output
 
@@ -126,10 +128,36 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         gc.collect()
         gc.freeze()
         await stop.wait()
-        out.emit("stopping", "shutting down: finishing running tasks", grace_s=options.grace)
-        await server.shutdown(options.grace)
+        force = asyncio.Event()  # a second SIGINT/SIGTERM: stop now
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, force.set)
+        running = server.running
+        tasks = f"{running} task{'' if running == 1 else 's'}"
+        out.emit(
+            "stopping",
+            f"shutting down: {tasks} still running, waiting up to {options.grace:g} s "
+            "(press Ctrl-C again to stop now)",
+            grace_s=options.grace,
+            running=running,
+        )
+        shutdown = asyncio.create_task(server.shutdown(options.grace))
+        forced = asyncio.create_task(force.wait())
+        await asyncio.wait({shutdown, forced}, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not shutdown.done():
+            shutdown.cancel()
+            await asyncio.gather(shutdown, return_exceptions=True)
+            forced_stop = server.running
+        else:
+            shutdown.result()
+            forced_stop = -1
     finally:
         await node.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if forced_stop >= 0:
+        out.error(
+            f"stopped at once by a second signal ({forced_stop} running tasks were cancelled)",
+            EXIT_INTERRUPTED,
+        )
     out.emit("stopped", "stopped")
