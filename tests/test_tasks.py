@@ -783,3 +783,20 @@ async def test_exec_stderr_on_success_is_logged_at_debug(
     with caplog.at_level("DEBUG", logger="p2pnode.protocols.task.server"):
         assert (await send_task(client, addr_of(server.node), "in")).output == "in"
     assert any("note" in r.getMessage() and r.levelname == "DEBUG" for r in caplog.records)
+
+
+async def test_sync_handlers_run_in_the_servers_own_threads(
+    make_server: MakeServer, client: Node
+) -> None:
+    import threading
+
+    def where(request: TaskRequest) -> str:
+        return threading.current_thread().name
+
+    server = await make_server({"default": PythonHandler(where)}, max_concurrent=3)
+    name = (await send_task(client, addr_of(server.node), "x")).output
+    assert name.startswith("p2pnode-task")
+    executor = server._executor
+    assert executor is not None and executor._max_workers == 3
+    await server.shutdown(1)
+    assert executor._shutdown

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from p2pnode.errors import LocalProtocolError
@@ -155,10 +156,18 @@ class PythonHandler:
         self.name = name or getattr(func, "__qualname__", repr(func))
         call = getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
         self._is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
+        self.executor: Executor | None = None  # set by the TaskServer for sync functions
+
+    @property
+    def is_async(self) -> bool:
+        return self._is_async
 
     async def run(self, request: TaskRequest) -> str:
         if self._is_async:
             result = await self.func(request)
+        elif self.executor is not None:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self.executor, self.func, request)
         else:
             result = await asyncio.to_thread(self.func, request)
         if not isinstance(result, str):

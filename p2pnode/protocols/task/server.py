@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from p2pnode.errors import DecodeError, P2PError, P2PTimeoutError
@@ -132,6 +133,15 @@ class TaskServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._shutting_down = False
+        # Sync Python handlers run in the server's own threads, as many as tasks may run.
+        self._executor: ThreadPoolExecutor | None = None
+        sync = [
+            h for h in self.handlers.values() if isinstance(h, PythonHandler) and not h.is_async
+        ]
+        if sync:
+            self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="p2pnode-task")
+            for handler in sync:
+                handler.executor = self._executor
 
     @property
     def running(self) -> int:
@@ -153,6 +163,9 @@ class TaskServer:
                 self._cancel(task, _GRACE_OVER)
             async with asyncio.timeout(5):
                 await self._idle.wait()
+        finally:
+            if self._executor is not None:  # stuck threads are not waited for
+                self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def handle_stream(self, stream: Stream) -> None:
         """Serve one task stream: read, check, run, answer, log."""
