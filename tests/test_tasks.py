@@ -800,3 +800,43 @@ async def test_sync_handlers_run_in_the_servers_own_threads(
     assert executor is not None and executor._max_workers == 3
     await server.shutdown(1)
     assert executor._shutdown
+
+
+async def test_handlers_get_a_task_context(
+    make_server: MakeServer, client: Node, tmp_path: Path
+) -> None:
+    from p2pnode.protocols.task.handlers import TaskContext
+
+    seen: list[TaskContext] = []
+
+    async def with_context(request: TaskRequest, context: TaskContext) -> str:
+        seen.append(context)
+        return context.peer_id
+
+    script = 'echo "$P2PNODE_TASK_ID $P2PNODE_TASK_KIND $P2PNODE_PEER_ID $HOME"'
+    server = await make_server(
+        {"ctx": PythonHandler(with_context), "env": ExecHandler(["sh", "-c", script])}
+    )
+    addr = addr_of(server.node)
+    result = await send_task(client, addr, "x", kind="ctx", timeout=20)
+    assert result.output == str(client.peer_id)
+    (context,) = seen
+    assert context.kind == "ctx" and context.task_id == result.task_id
+    assert context.deadline is not None
+    env = await send_task(client, addr, "x", kind="env")
+    assert env.output.split() == [env.task_id, "env", str(client.peer_id), os.environ["HOME"]]
+
+
+def test_handler_signatures_are_checked_at_start() -> None:
+    from p2pnode.errors import LocalProtocolError
+
+    def none() -> str:
+        return ""
+
+    def three(a: object, b: object, c: object) -> str:
+        return ""
+
+    for func in (none, three):
+        with pytest.raises(LocalProtocolError, match="parameters"):
+            PythonHandler(func)  # type: ignore[arg-type]
+    PythonHandler(lambda request, context=None: "")

@@ -14,6 +14,7 @@ import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from p2pnode.errors import LocalProtocolError
@@ -26,6 +27,19 @@ _KIND_PREFIX = re.compile(r"^([a-z][a-z0-9_-]*)=(.*)$", re.DOTALL)
 _ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
+@dataclass(slots=True, frozen=True)
+class TaskContext:
+    """What a handler may want to know besides the request: who asked, and until when.
+
+    ``deadline`` is on the ``time.monotonic()`` clock (None: no time limit).
+    """
+
+    peer_id: str
+    task_id: str
+    kind: str
+    deadline: float | None = None
+
+
 class HandlerFailedError(Exception):
     """A handler could not produce an output; the message goes back to the peer."""
 
@@ -33,13 +47,13 @@ class HandlerFailedError(Exception):
 class TaskHandler(Protocol):
     """Turns a request into its output string; raise HandlerFailedError (or anything) to fail."""
 
-    async def run(self, request: TaskRequest) -> str: ...
+    async def run(self, request: TaskRequest, context: TaskContext | None = None) -> str: ...
 
 
 class EchoHandler:
     """Answers with the input: the built-in default."""
 
-    async def run(self, request: TaskRequest) -> str:
+    async def run(self, request: TaskRequest, context: TaskContext | None = None) -> str:
         return request.input
 
 
@@ -63,10 +77,14 @@ class ExecHandler:
     def __repr__(self) -> str:
         return f"ExecHandler({shlex.join(self.argv)!r})"
 
-    async def run(self, request: TaskRequest) -> str:
+    async def run(self, request: TaskRequest, context: TaskContext | None = None) -> str:
+        env = dict(os.environ, P2PNODE_TASK_ID=request.task_id, P2PNODE_TASK_KIND=request.kind)
+        if context is not None:
+            env["P2PNODE_PEER_ID"] = context.peer_id
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv,
+                env=env,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -157,24 +175,51 @@ class PythonHandler:
         call = getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
         self._is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
         self.executor: Executor | None = None  # set by the TaskServer for sync functions
+        self._takes_context = _takes_context(func, self.name)
 
     @property
     def is_async(self) -> bool:
         return self._is_async
 
-    async def run(self, request: TaskRequest) -> str:
+    async def run(self, request: TaskRequest, context: TaskContext | None = None) -> str:
+        if context is None:
+            context = TaskContext("", request.task_id, request.kind)
+        args: tuple[Any, ...] = (request, context) if self._takes_context else (request,)
         if self._is_async:
-            result = await self.func(request)
+            result = await self.func(*args)
         elif self.executor is not None:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self.executor, self.func, request)
+            result = await loop.run_in_executor(self.executor, self.func, *args)
         else:
-            result = await asyncio.to_thread(self.func, request)
+            result = await asyncio.to_thread(self.func, *args)
         if not isinstance(result, str):
             raise HandlerFailedError(
                 f"handler {self.name} returned {type(result).__name__}, not str"
             )
         return result
+
+
+def _takes_context(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` takes (request, context); LocalProtocolError unless (request[, context])."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return False  # a builtin without a signature: call it with the request
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values())
+    if not required and not varargs and not positional:
+        raise LocalProtocolError(f"handler {name} takes no parameters: it needs (request)")
+    if len(required) > 2:
+        raise LocalProtocolError(
+            f"handler {name} needs {len(required)} parameters: it may take (request) "
+            "or (request, context)"
+        )
+    return len(positional) >= 2 or varargs
 
 
 def load_python_handler(spec: str) -> PythonHandler:
@@ -200,7 +245,10 @@ def load_python_handler(spec: str) -> PythonHandler:
     func = getattr(module, attr, None)
     if not callable(func):
         raise LocalProtocolError(f"--handler {spec!r}: {module_name} has no callable {attr}")
-    return PythonHandler(func, spec)
+    try:
+        return PythonHandler(func, spec)
+    except LocalProtocolError as exc:
+        raise LocalProtocolError(f"--handler {spec!r}: {exc}") from None
 
 
 def _split_kind(spec: str, option: str) -> tuple[str, str]:

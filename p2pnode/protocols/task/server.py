@@ -18,6 +18,7 @@ from p2pnode.protocols.task.handlers import (
     ExecHandler,
     HandlerFailedError,
     PythonHandler,
+    TaskContext,
     TaskHandler,
     load_python_handler,
     parse_handler_specs,
@@ -51,6 +52,7 @@ __all__ = [
     "EchoHandler",
     "ExecHandler",
     "PythonHandler",
+    "TaskContext",
     "TaskHandler",
     "TaskLogRecord",
     "TaskServer",
@@ -278,7 +280,13 @@ class TaskServer:
         stream.on_fail(stop_the_work)
         try:
             async with asyncio.timeout(timeout):
-                output = await handler.run(request)
+                context = TaskContext(
+                    str(stream.remote_peer),
+                    request.task_id,
+                    request.kind,
+                    None if timeout is None else time.monotonic() + timeout,
+                )
+                output = await handler.run(request, context)
         except TimeoutError:
             raise _Rejected(
                 error_response(request.task_id, ErrorCode.TIMEOUT, f"handler ran over {timeout}s")
