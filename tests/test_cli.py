@@ -383,4 +383,3 @@ def test_a_second_signal_stops_at_once(
     finally:
         in_flight.communicate(timeout=30)
     assert in_flight.returncode != 0
-
