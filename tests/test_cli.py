@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -22,11 +23,33 @@ P2PNODE = [sys.executable, "-m", "p2pnode"]
 
 
 def run(
-    env: dict[str, str], *args: str, stdin: str | None = None
+    env: dict[str, str],
+    *args: str,
+    stdin: str | bytes | None = None,
+    cwd: Path | None = None,
+    argv: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    if isinstance(stdin, bytes):
+        done = subprocess.run(
+            [*(argv or P2PNODE), *args], capture_output=True, env=env, timeout=60, input=stdin,
+            cwd=cwd,
+        )  # fmt: skip
+        return subprocess.CompletedProcess(
+            done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+        )
     return subprocess.run(
-        [*P2PNODE, *args], capture_output=True, text=True, env=env, timeout=60, input=stdin
-    )
+        [*(argv or P2PNODE), *args], capture_output=True, text=True, env=env, timeout=60,
+        input=stdin, cwd=cwd,
+    )  # fmt: skip
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The command failed with ``code`` and printed exactly one ``error:`` line."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
 
 
 @pytest.fixture
@@ -106,8 +129,12 @@ def test_timeout_exit_code(
         cli_env, "send-task", listening["addrs"][0], "x", "--kind", "slow", "--timeout", "0.5"
     )
     assert result.returncode == 5, result.stderr
-    with open(tmp_path / "release", "w") as fifo:  # let the killed task's reader go
-        fifo.write("")
+    try:  # the whole process group was killed: no reader is left on the fifo
+        os.close(os.open(tmp_path / "release", os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        assert exc.errno == errno.ENXIO  # no reader
+    else:
+        raise AssertionError("the slow command's `cat` outlived its killed task")
 
 
 def wait_for(path: Path, timeout: float = 20) -> None:
@@ -179,7 +206,7 @@ def test_allow_list_and_python_handler(cli_env: dict[str, str], tmp_path: Path) 
     proc = Process(
         [*P2PNODE, "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--json",
          "--ephemeral", "--allow-file", str(allow_file), "--handler", "agent_tools:shout"],
-        dict(cli_env, PYTHONPATH=str(tmp_path)),
+        dict(cli_env, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])),  # noqa: E501
     )  # fmt: skip
     try:
         addr = proc.event("listening")["addrs"][0]
@@ -219,3 +246,140 @@ async def test_serve_freezes_its_start_up_heap() -> None:
     finally:
         gc.unfreeze()
     assert frozen and frozen[0] > 1000
+
+
+NOWHERE = "/ip4/127.0.0.1/tcp/1/p2p/" + str(Identity.generate().peer_id)
+
+
+def test_bad_key_files_are_one_line_errors(cli_env: dict[str, str], tmp_path: Path) -> None:
+    good = tmp_path / "good.key"
+    Identity.generate().save(good)
+    keys = {
+        "empty": b"",
+        "garbage": b"\x07\xff not a key at all \x00\x01",
+        "truncated": good.read_bytes()[:30],
+    }
+    for name, data in keys.items():
+        path = tmp_path / f"{name}.key"
+        path.write_bytes(data)
+        os.chmod(path, 0o600)
+        line = one_line_error(run(cli_env, "send-task", "--identity", str(path), NOWHERE, "x"))
+        assert str(path) in line, name
+    world = tmp_path / "world.key"
+    world.write_bytes(good.read_bytes())
+    os.chmod(world, 0o644)
+    line = one_line_error(run(cli_env, "send-task", "--identity", str(world), NOWHERE, "x"))
+    assert "chmod 600" in line
+    line = one_line_error(
+        run(cli_env, "send-task", "--identity", str(good), "--ephemeral", NOWHERE, "x")
+    )
+    assert "exclude" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["send-task", "--timeout", "nan", NOWHERE, "x"],
+        ["send-task", "--timeout", "inf", NOWHERE, "x"],
+        ["send-task", "--timeout", "1e308", NOWHERE, "x"],
+        ["send-task", "--timeout", "0", NOWHERE, "x"],
+        ["send-task", "--timeout", "-1", NOWHERE, "x"],
+        ["ping", "--timeout", "nan", NOWHERE],
+        ["serve", "--grace", "-1"],
+        ["serve", "--grace", "nan"],
+        ["peers", "--timeout", "-1"],
+    ],
+)
+def test_bad_seconds_are_usage_errors(cli_env: dict[str, str], args: list[str]) -> None:
+    result = run(cli_env, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Invalid value for '--" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_uvloop_requested_but_missing_falls_back_with_a_warning(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    fake = tmp_path / "fake" / "uvloop"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no uvloop here')\n")
+    env = dict(
+        cli_env,
+        P2PNODE_UVLOOP="1",
+        PYTHONPATH=os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    result = run(env, "ping", "-c", "1", "--timeout", "5", NOWHERE)
+    assert result.returncode == 3, result.stderr  # it ran (on asyncio) and found nobody
+    assert "warning: P2PNODE_UVLOOP=1 but uvloop is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_handler_modules_that_fail_to_import_are_named(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "broken_syntax.py").write_text("def f(:\n")
+    (tmp_path / "raises_at_import.py").write_text("raise RuntimeError('no config')\n")
+    (tmp_path / "fine_here.py").write_text("def f(request):\n    return request.input\n")
+    serve = ["serve", "--ephemeral", "--no-mdns", "--listen", "/not-an-addr"]
+    for module in ("broken_syntax", "raises_at_import"):
+        line = one_line_error(run(cli_env, *serve, "--handler", f"{module}:f", cwd=tmp_path))
+        assert module in line
+    # `python -P` leaves the current directory off sys.path, like the `p2pnode` script
+    script = [sys.executable, "-P", "-m", "p2pnode"]
+    line = one_line_error(run(cli_env, *serve, "--handler", "fine_here:f", cwd=tmp_path,
+                              argv=script))  # fmt: skip
+    assert "cannot import" not in line and "not-an-addr" in line  # found; failed later
+
+
+def test_input_that_is_not_utf8_is_refused(cli_env: dict[str, str]) -> None:
+    line = one_line_error(run(cli_env, "send-task", "--ephemeral", NOWHERE, "-", stdin=b"\xff\xfe"))
+    assert "standard input" in line and "text only" in line
+    argv_bytes = [os.fsencode(a) for a in [*P2PNODE, "send-task", "--ephemeral", NOWHERE]]
+    done = subprocess.run([*argv_bytes, b"caf\xe9"], capture_output=True, env=cli_env,
+                          timeout=60)  # fmt: skip
+    result = subprocess.CompletedProcess(done.args, done.returncode, "", done.stderr.decode())
+    line = one_line_error(result)
+    assert "INPUT" in line and "text only" in line
+
+
+def test_unexpected_errors_are_one_line_unless_verbose(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    allow = tmp_path / "allow.txt"
+    allow.write_bytes(b"\xff\xfe not text\n")
+    serve = ["serve", "--ephemeral", "--no-mdns", "--allow-file", str(allow)]
+    line = one_line_error(run(cli_env, *serve))
+    assert line.startswith("error: internal error: UnicodeDecodeError")
+    verbose = run(cli_env, "-v", *serve)
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+def test_short_help_and_version_options(cli_env: dict[str, str]) -> None:
+    for command in ([], ["serve"], ["ping"], ["send-task"], ["peers"], ["id"]):
+        result = run(cli_env, *command, "-h")
+        assert result.returncode == 0 and "Usage:" in result.stdout, (command, result.stderr)
+    version = run(cli_env, "-V")
+    assert version.returncode == 0 and "version" in version.stdout
+    ping_help = run(cli_env, "ping", "-h").stdout
+    assert "Pings to send." in ping_help and "[default: 5" in ping_help
+    assert "[default: 10.0]" in ping_help  # --timeout
+    assert "[default: 30.0]" in run(cli_env, "send-task", "-h").stdout
+
+
+def test_a_second_signal_stops_at_once(
+    server: tuple[Process, dict], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    proc, listening = server
+    in_flight = subprocess.Popen(
+        [*P2PNODE, "send-task", listening["addrs"][0], "x", "--kind", "slow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,
+    )  # fmt: skip
+    try:
+        wait_for(tmp_path / "started")
+        proc.proc.send_signal(signal.SIGTERM)
+        stopping = proc.event("stopping")
+        assert stopping["running"] == 1 and stopping["grace_s"] == 30
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(10) == 130  # not the 30 s of grace
+    finally:
+        in_flight.communicate(timeout=30)
+    assert in_flight.returncode != 0

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pnode.errors import DecodeError, P2PError, StreamResetError
@@ -146,6 +146,53 @@ async def test_exec_timeout_kills_the_process(
         os.kill(pid, 0)
 
 
+def _gone(pid: int) -> bool:
+    """True when no process ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+async def test_exec_timeout_kills_the_whole_process_group(
+    make_server: MakeServer, client: Node, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    script = f"sleep 30 & echo $! > {pidfile}; wait"
+    server = await make_server(
+        {"default": ExecHandler(["sh", "-c", script]), "echo": EchoHandler()}, max_concurrent=1
+    )
+    body = b'{"task_id":"slow","input":"in","timeout_ms":300}'
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(10):
+        response = await raw_exchange(client, server, encode_frame(body))
+    assert error_code(response) == "timeout"
+    assert loop.time() - started < 5  # not held up by the grandchild's copy of stdout
+    assert _gone(int(pidfile.read_text()))
+    assert server.running == 0
+    result = await send_task(client, addr_of(server.node), "next", kind="echo")
+    assert result.output == "next"  # the slot was freed: not busy
+
+
+async def test_exec_cancelled_by_shutdown_kills_the_group(
+    make_server: MakeServer, client: Node, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    script = f"sleep 30 & echo $! > {pidfile}; wait"
+    server = await make_server({"default": ExecHandler(["sh", "-c", script])})
+    body = b'{"task_id":"slow","input":"in"}'
+    exchange = asyncio.create_task(raw_exchange(client, server, encode_frame(body)))
+    async with asyncio.timeout(10):
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            await asyncio.sleep(0.01)  # polling for a file the command writes
+        await server.shutdown(0.1)
+        response = await exchange
+    assert error_code(response) == "shutting_down"
+    assert _gone(int(pidfile.read_text()))
+
+
 async def test_python_handlers_sync_and_async(make_server: MakeServer, client: Node) -> None:
     def reverse(request: TaskRequest) -> str:
         return request.input[::-1]
@@ -169,7 +216,9 @@ async def test_python_handler_exception_and_wrong_type_are_failed(
     def wrong(request: TaskRequest) -> str:
         return 42  # type: ignore[return-value]
 
-    server = await make_server({"broken": PythonHandler(broken), "wrong": PythonHandler(wrong)})
+    server = await make_server(
+        {"broken": PythonHandler(broken), "wrong": PythonHandler(wrong)}, expose_errors=True
+    )
     addr = addr_of(server.node)
     with pytest.raises(TaskFailedError, match="ValueError: no good input"):
         await send_task(client, addr, "x", kind="broken")
@@ -573,7 +622,49 @@ async def test_thousand_streams_at_once_memory_stays_bounded(
 # -- the decoders never raise anything but our own error ---------------------------------
 
 
+_DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"task_id":"x","input":"a","kind":' + b"[" * _DEEP + b"]" * _DEEP + b"}",
+        b'{"task_id":"x","input":' + b"[" * _DEEP + b"]" * _DEEP + b"}",
+        b'{"task_id":"x","input":"a","extra":' + b"[" * _DEEP + b"]" * _DEEP + b"}",
+        b'{"task_id":"x","input":"a","extra":' + b'{"a":' * _DEEP + b"1" + b"}" * _DEEP + b"}",
+        b'{"task_id":"x","input":"\xff\xfe"}',
+        b'{"task_id":"x","input":"caf\xc3"}',
+        b'{"task_id":"x","input":5}',
+        b'{"task_id":["x"],"input":"a"}',
+        b'{"task_id":"x","input":"a","timeout_ms":"soon"}',
+        b"[1,2]",
+    ],
+    ids=["deep-kind", "deep-input", "deep-extra", "deep-object", "bad-utf8", "cut-utf8",
+         "int-input", "list-id", "str-timeout", "array"],
+)  # fmt: skip
+def test_hostile_request_bodies_are_decode_errors(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_request(body)
+    from p2pnode.protocols.task.messages import task_id_of
+
+    assert isinstance(task_id_of(body), str)
+
+
+async def test_deeply_nested_request_gets_bad_request(
+    make_server: MakeServer, client: Node
+) -> None:
+    server = await make_server()
+    body = b'{"task_id":"x","input":"a","extra":' + b"[" * _DEEP + b"]" * _DEEP + b"}"
+    response = await raw_exchange(client, server, encode_frame(body))
+    assert error_code(response) == "bad_request"
+    deep_id = b'{"task_id":' + b"[" * _DEEP + b"]" * _DEEP + b',"input":"a"}'
+    response = await raw_exchange(client, server, encode_frame(deep_id))
+    assert error_code(response) == "bad_request"
+    assert (await send_task(client, addr_of(server.node), "still up")).output == "still up"
+
+
 @given(st.binary(max_size=300))
+@settings(deadline=None)
 def test_decode_request_fuzz(body: bytes) -> None:
     try:
         request = decode_request(body)
@@ -588,6 +679,7 @@ def test_decode_request_fuzz(body: bytes) -> None:
         st.one_of(st.none(), st.integers(), st.text(max_size=10), st.booleans()),
     )
 )
+@settings(deadline=None)
 def test_decode_request_fuzz_structured(fields: dict[str, object]) -> None:
     body = json.dumps(fields).encode()
     try:
@@ -595,6 +687,30 @@ def test_decode_request_fuzz_structured(fields: dict[str, object]) -> None:
     except DecodeError:
         return
     assert request.task_id == fields["task_id"] and request.input == fields["input"]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=20,
+)
+
+
+@given(st.sampled_from(["task_id", "input", "kind", "timeout_ms", "extra"]), _json_values)
+@settings(deadline=None)
+def test_decode_request_fuzz_any_json_in_any_field(field: str, value: object) -> None:
+    fields: dict[str, object] = {"task_id": "t", "input": "i", field: value}
+    try:
+        request = decode_request(json.dumps(fields).encode())
+    except DecodeError:
+        return
+    assert isinstance(request, TaskRequest)
+
+
+def test_deep_response_is_a_decode_error() -> None:
+    body = b'{"task_id":"x","output":"","latency_ms":1,"e":' + b"[" * _DEEP + b"]" * _DEEP + b"}"
+    with pytest.raises(DecodeError):
+        decode_response(body)
 
 
 @given(st.binary(max_size=300))
@@ -617,3 +733,110 @@ def test_error_codes_map_to_error_types() -> None:
     assert kinds[TaskRefusedError] == {"unauthorized", "busy", "shutting_down", "unknown_kind"}
     assert kinds[TaskTimeoutError] == {"timeout"}
     assert kinds[TaskFailedError] == {"bad_request", "too_large", "failed"}
+
+
+def test_exec_spec_syntax() -> None:
+    from p2pnode.errors import LocalProtocolError
+    from p2pnode.protocols.task.handlers import parse_handler_specs
+
+    handlers = parse_handler_specs(["upper=tr a-z A-Z", "my-kind_2=cat", "sort -r"], [])
+    assert isinstance(handlers["upper"], ExecHandler) and handlers["upper"].argv[0] == "tr"
+    assert isinstance(handlers["my-kind_2"], ExecHandler)
+    default = handlers["default"]
+    assert isinstance(default, ExecHandler) and default.argv == ["sort", "-r"]
+    bad = {
+        "LANG=C sort": "env LANG=C sort",
+        "=cat": "empty",
+        "echo=cat": "built in",
+        "nope=/nonexistent/p2pnode-tool": "not found",
+        "x=": "no command",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(LocalProtocolError, match=message):
+            parse_handler_specs([spec], [])
+    with pytest.raises(LocalProtocolError, match="twice"):
+        parse_handler_specs(["a=cat", "a=sort"], [])
+
+
+async def test_handler_exceptions_are_logged_and_hidden_from_the_peer(
+    make_server: MakeServer, client: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(request: TaskRequest) -> str:
+        raise ValueError("secret path /etc/thing")
+
+    server = await make_server({"broken": PythonHandler(broken)})
+    with (
+        caplog.at_level("ERROR", logger="p2pnode.protocols.task.server"),
+        pytest.raises(TaskFailedError) as caught,
+    ):
+        await send_task(client, addr_of(server.node), "x", kind="broken")
+    assert "secret" not in str(caught.value) and "see the server's log" in str(caught.value)
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.name == "p2pnode.protocols.task.server"
+    assert record.exc_info is not None and "secret path" in caplog.text
+
+
+async def test_exec_stderr_on_success_is_logged_at_debug(
+    make_server: MakeServer, client: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_server({"default": ExecHandler(["sh", "-c", "echo note >&2; cat"])})
+    with caplog.at_level("DEBUG", logger="p2pnode.protocols.task.server"):
+        assert (await send_task(client, addr_of(server.node), "in")).output == "in"
+    assert any("note" in r.getMessage() and r.levelname == "DEBUG" for r in caplog.records)
+
+
+async def test_sync_handlers_run_in_the_servers_own_threads(
+    make_server: MakeServer, client: Node
+) -> None:
+    import threading
+
+    def where(request: TaskRequest) -> str:
+        return threading.current_thread().name
+
+    server = await make_server({"default": PythonHandler(where)}, max_concurrent=3)
+    name = (await send_task(client, addr_of(server.node), "x")).output
+    assert name.startswith("p2pnode-task")
+    executor = server._executor
+    assert executor is not None and executor._max_workers == 3
+    await server.shutdown(1)
+    assert executor._shutdown
+
+
+async def test_handlers_get_a_task_context(
+    make_server: MakeServer, client: Node, tmp_path: Path
+) -> None:
+    from p2pnode.protocols.task.handlers import TaskContext
+
+    seen: list[TaskContext] = []
+
+    async def with_context(request: TaskRequest, context: TaskContext) -> str:
+        seen.append(context)
+        return context.peer_id
+
+    script = 'echo "$P2PNODE_TASK_ID $P2PNODE_TASK_KIND $P2PNODE_PEER_ID $HOME"'
+    server = await make_server(
+        {"ctx": PythonHandler(with_context), "env": ExecHandler(["sh", "-c", script])}
+    )
+    addr = addr_of(server.node)
+    result = await send_task(client, addr, "x", kind="ctx", timeout=20)
+    assert result.output == str(client.peer_id)
+    (context,) = seen
+    assert context.kind == "ctx" and context.task_id == result.task_id
+    assert context.deadline is not None
+    env = await send_task(client, addr, "x", kind="env")
+    assert env.output.split() == [env.task_id, "env", str(client.peer_id), os.environ["HOME"]]
+
+
+def test_handler_signatures_are_checked_at_start() -> None:
+    from p2pnode.errors import LocalProtocolError
+
+    def none() -> str:
+        return ""
+
+    def three(a: object, b: object, c: object) -> str:
+        return ""
+
+    for func in (none, three):
+        with pytest.raises(LocalProtocolError, match="parameters"):
+            PythonHandler(func)  # type: ignore[arg-type]
+    PythonHandler(lambda request, context=None: "")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,12 +18,16 @@ from p2pnode.cli.output import (
     EXIT_ERROR,
     MUXER_CHOICES,
     Output,
+    Seconds,
+    check_text,
+    internal_error,
     load_identity,
     raise_open_file_limit,
+    read_stdin_text,
     run_async,
     summarize,
 )
-from p2pnode.errors import P2PError, P2PTimeoutError
+from p2pnode.errors import P2PTimeoutError
 from p2pnode.node import Node, NodeConfig
 from p2pnode.wire.identity import Identity, default_identity_path
 from p2pnode.wire.multiaddr import Multiaddr
@@ -44,8 +48,21 @@ muxer_option = click.option(
 )
 
 
-@click.group()
-@click.version_option(package_name="p2pnode")
+class SafeGroup(click.Group):
+    """A group whose commands never end in a traceback: unexpected errors are one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            as_json = bool(ctx.params.get("as_json")) or "--json" in ctx.protected_args + ctx.args
+            internal_error(exc, Output(as_json))
+
+
+@click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "-V", "--version", package_name="p2pnode")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
 def main(verbose: int) -> None:
     """p2pnode: a libp2p-compatible peer-to-peer task exchange."""
@@ -61,10 +78,7 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
     """Print this node's PeerId (creating the key file on first use)."""
     out = Output(as_json)
     path = Path(identity_path) if identity_path else default_identity_path()
-    try:
-        identity = Identity.load_or_create(path)
-    except P2PError as exc:
-        out.error(str(exc), EXIT_ERROR)
+    identity = load_identity(str(path), False, out)
     out.emit("id", str(identity.peer_id), peer_id=str(identity.peer_id), identity=str(path))
 
 
@@ -96,7 +110,7 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
     "--max-concurrent",
     type=click.IntRange(min=1),
     default=None,
-    help="Tasks run at once; beyond it new tasks get 'busy'.",
+    help="Tasks run at once; beyond it new tasks get 'busy'. [default: 128]",
 )
 @click.option(
     "--allow", "allow", multiple=True, help="Only accept tasks from this PeerId (repeatable)."
@@ -108,12 +122,17 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
 )
 @click.option(
     "--grace",
-    type=float,
+    type=Seconds(allow_zero=True),
     default=10.0,
     show_default=True,
     help="Seconds running tasks get to finish on shutdown.",
 )
 @click.option("--no-mdns", is_flag=True, help="Do not advertise or discover peers with mDNS.")
+@click.option(
+    "--expose-errors",
+    is_flag=True,
+    help="Send a Python handler's exception text to the peer (default: a generic message).",
+)
 @json_option
 def serve(
     listen_addrs: tuple[str, ...],
@@ -127,6 +146,7 @@ def serve(
     allow_file: str | None,
     grace: float,
     no_mdns: bool,
+    expose_errors: bool,
     as_json: bool,
 ) -> None:
     """Run a node that serves tasks until SIGINT or SIGTERM."""
@@ -147,16 +167,28 @@ def serve(
         allow_file=allow_file,
         grace=grace,
         mdns=not no_mdns,
+        expose_errors=expose_errors,
     )
     run_async(lambda: run_serve(options, out), out)
 
 
 @main.command("ping")
 @click.argument("addr")
-@click.option("--count", "-c", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--count",
+    "-c",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Pings to send.",
+)
 @muxer_option
 @click.option(
-    "--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole run."
+    "--timeout",
+    type=Seconds(),
+    default=10.0,
+    show_default=True,
+    help="Seconds for the whole run.",
 )
 @json_option
 def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: bool) -> None:
@@ -206,7 +238,7 @@ def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: boo
 @click.argument("task_input", metavar="INPUT")
 @click.option("--kind", default="default", show_default=True, help="Which handler on the peer.")
 @click.option(
-    "--timeout", type=float, default=30.0, show_default=True, help="Seconds for the task."
+    "--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds for the task."
 )
 @identity_option
 @click.option("--ephemeral", is_flag=True, help="Use a fresh identity instead of the key file.")
@@ -232,8 +264,8 @@ def send_task_command(
     from p2pnode.cli.sendtask import send_task_cli
 
     out = Output(as_json)
-    text = sys.stdin.read() if task_input == "-" else task_input
-    identity = load_identity(identity_path, ephemeral)
+    text = read_stdin_text(out) if task_input == "-" else check_text(task_input, "INPUT", out)
+    identity = load_identity(identity_path, ephemeral, out)
     run_async(
         lambda: send_task_cli(
             out,
@@ -250,8 +282,15 @@ def send_task_command(
 
 
 @main.command("peers")
-@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to listen.")
-@click.option("--identify/--no-identify", default=True, help="Ask each peer what it serves.")
+@click.option(
+    "--timeout", type=Seconds(), default=2.0, show_default=True, help="Seconds to listen."
+)
+@click.option(
+    "--identify/--no-identify",
+    default=True,
+    show_default=True,
+    help="Ask each peer what it serves.",
+)
 @click.option("--watch", is_flag=True, help="Print discovered/expired events as they happen.")
 @json_option
 def peers_command(timeout: float, identify: bool, watch: bool, as_json: bool) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import os
 import statistics
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
 
 from p2pnode.errors import (
     DialError,
@@ -88,27 +93,119 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_ERROR
 
 
+class Seconds(click.ParamType):  # type: ignore[type-arg, unused-ignore]
+    """A finite number of seconds in a sane range (click rejects the rest with exit 2)."""
+
+    name = "seconds"
+
+    def __init__(self, *, allow_zero: bool = False, maximum: float = 7 * 24 * 3600.0) -> None:
+        self.allow_zero = allow_zero
+        self.maximum = maximum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        if number < 0 or (number == 0 and not self.allow_zero):
+            bound = ">= 0" if self.allow_zero else "> 0"
+            self.fail(f"{value!r}: seconds must be {bound}", param, ctx)
+        if number > self.maximum:
+            self.fail(f"{value!r}: at most {self.maximum:g} seconds", param, ctx)
+        return number
+
+
+def verbose_errors() -> bool:
+    """True under -v: unexpected errors print their traceback too."""
+    return logging.getLogger().getEffectiveLevel() <= logging.INFO
+
+
+def internal_error(exc: BaseException, out: Output) -> NoReturn:
+    """The safety net: one line (the traceback only with -v), exit 1."""
+    if verbose_errors():
+        traceback.print_exception(exc, file=sys.stderr)
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    hint = "" if verbose_errors() else " (run with -v for the traceback)"
+    out.error(f"internal error: {text}{hint}", EXIT_ERROR, kind=type(exc).__name__)
+
+
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """asyncio.run, or uvloop.run when P2PNODE_UVLOOP=1 and uvloop is installed.
+
+    Without uvloop, P2PNODE_UVLOOP=1 prints one warning and falls back to asyncio.
+    """
+    if os.environ.get("P2PNODE_UVLOOP") == "1":
+        try:
+            import uvloop
+        except ImportError:
+            print(
+                "warning: P2PNODE_UVLOOP=1 but uvloop is not installed "
+                "(pip install 'p2pnode[fast]'); using asyncio's event loop",
+                file=sys.stderr,
+            )
+        else:
+            return uvloop.run  # type: ignore[no-any-return, unused-ignore]
+    return asyncio.run
+
+
 def run_async(main: Callable[[], Coroutine[Any, Any, None]], out: Output) -> None:
     """Run ``main`` on a fresh event loop (uvloop when P2PNODE_UVLOOP=1); map errors to exits."""
-    if os.environ.get("P2PNODE_UVLOOP") == "1":
-        import uvloop
-
-        runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
-    else:
-        runner = asyncio.run
+    runner = event_loop_runner()
     try:
         runner(main())
     except P2PError as exc:
         out.error(str(exc), exit_code_for(exc), kind=type(exc).__name__)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        internal_error(exc, out)
 
 
-def load_identity(path: str | None, ephemeral: bool) -> Identity:
-    """The node identity: fresh when ephemeral, else loaded (or created) from the key file."""
+def check_text(text: str, what: str, out: Output) -> str:
+    """Refuse input that is not valid UTF-8: the 1.0.0 task protocol carries text only."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        out.error(
+            f"{what} is not valid UTF-8 text: the task protocol /p2pnode/task/1.0.0 "
+            "carries text only (encode binary data, e.g. as base64)",
+            EXIT_ERROR,
+        )
+    return text
+
+
+def read_stdin_text(out: Output) -> str:
+    """All of standard input as UTF-8 text (a one-line error when it is not)."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return check_text(data.decode("utf-8", "surrogateescape"), "standard input", out)
+
+
+def load_identity(path: str | None, ephemeral: bool, out: Output) -> Identity:
+    """The node identity: fresh when ephemeral, else loaded (or created) from the key file.
+
+    A bad key file (unsafe permissions, truncated, garbage, empty) is a one-line error.
+    """
     if ephemeral:
+        if path:
+            out.error("--identity and --ephemeral exclude each other", EXIT_ERROR)
         return Identity.generate()
-    return Identity.load_or_create(Path(path) if path else default_identity_path())
+    key_path = Path(path) if path else default_identity_path()
+    try:
+        return Identity.load_or_create(key_path)
+    except P2PError as exc:
+        out.error(str(exc), EXIT_ERROR)
+    except (OSError, ValueError) as exc:
+        out.error(f"cannot use the key file {key_path}: {exc}", EXIT_ERROR)
 
 
 def full_addrs(node: Node) -> list[str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +21,8 @@ from p2pnode.protocols.task.server import (
     parse_handler_specs,
 )
 from p2pnode.wire.identity import Identity, PeerId, default_identity_path
+
+EXIT_INTERRUPTED = 130  # a second SIGINT/SIGTERM cut the grace period short
 
 if TYPE_CHECKING:
     from p2pnode.cli.output import Output
@@ -39,6 +43,7 @@ class ServeOptions:
     allow_file: str | None = None
     grace: float = 10.0
     mdns: bool = True
+    expose_errors: bool = False
 
 
 def read_allow_list(allow: list[str], allow_file: str | None) -> set[PeerId] | None:
@@ -60,6 +65,16 @@ def read_allow_list(allow: list[str], allow_file: str | None) -> set[PeerId] | N
     return allowed
 
 
+def add_cwd_to_path() -> None:
+    """Let ``--handler mymod:f`` find mymod.py in the current directory (as uvicorn does).
+
+    ``python -m p2pnode`` has it on sys.path already; the ``p2pnode`` script does not.
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 async def run_serve(options: ServeOptions, out: Output) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
     from p2pnode.cli.output import format_event, full_addrs
@@ -69,6 +84,8 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
     else:
         path = Path(options.identity_path) if options.identity_path else default_identity_path()
         identity = Identity.load_or_create(path)
+    if options.python_specs:
+        add_cwd_to_path()
     handlers = parse_handler_specs(options.exec_specs, options.python_specs)
     allowed = read_allow_list(options.allow, options.allow_file)
     stop = asyncio.Event()
@@ -90,6 +107,7 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         handlers,
         max_concurrent=options.max_concurrent or DEFAULT_MAX_CONCURRENT,
         allow=allowed,
+        expose_errors=options.expose_errors,
         on_log=lambda record: print(
             format_log_json(record) if out.as_json else format_log_human(record), flush=True
         ),
@@ -110,10 +128,36 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         gc.collect()
         gc.freeze()
         await stop.wait()
-        out.emit("stopping", "shutting down: finishing running tasks", grace_s=options.grace)
-        await server.shutdown(options.grace)
+        force = asyncio.Event()  # a second SIGINT/SIGTERM: stop now
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, force.set)
+        running = server.running
+        tasks = f"{running} task{'' if running == 1 else 's'}"
+        out.emit(
+            "stopping",
+            f"shutting down: {tasks} still running, waiting up to {options.grace:g} s "
+            "(press Ctrl-C again to stop now)",
+            grace_s=options.grace,
+            running=running,
+        )
+        shutdown = asyncio.create_task(server.shutdown(options.grace))
+        forced = asyncio.create_task(force.wait())
+        await asyncio.wait({shutdown, forced}, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not shutdown.done():
+            shutdown.cancel()
+            await asyncio.gather(shutdown, return_exceptions=True)
+            forced_stop = server.running
+        else:
+            shutdown.result()
+            forced_stop = -1
     finally:
         await node.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if forced_stop >= 0:
+        out.error(
+            f"stopped at once by a second signal ({forced_stop} running tasks were cancelled)",
+            EXIT_INTERRUPTED,
+        )
     out.emit("stopped", "stopped")

@@ -80,11 +80,19 @@ def encode_response(response: TaskResponse) -> bytes:
 
 
 def decode_request(body: bytes) -> TaskRequest:
-    """Parse a request body; DecodeError (naming the problem) when it is not a valid request."""
+    """Parse a request body; DecodeError (naming the problem) when it is not a valid request.
+
+    Nothing else escapes: JSON nested too deep for the decoder (RecursionError) and any
+    other surprise from decoding peer bytes is a DecodeError too.
+    """
     try:
         request = _request_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise DecodeError(f"invalid task request: {exc}") from None
+    except RecursionError:
+        raise DecodeError("invalid task request: JSON nested too deep") from None
+    except Exception as exc:  # peer bytes must never crash the server
+        raise DecodeError(f"invalid task request: {type(exc).__name__}: {exc}") from None
     if request.timeout_ms is not None and request.timeout_ms <= 0:
         raise DecodeError("invalid task request: timeout_ms must be positive")
     return request
@@ -94,7 +102,7 @@ def task_id_of(body: bytes) -> str:
     """Best-effort task_id of a request that failed to decode ("" if none)."""
     try:
         return _probe_decoder.decode(body).task_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except Exception:  # RecursionError, msgspec errors, anything: no task_id
         return ""
 
 
@@ -104,6 +112,10 @@ def decode_response(body: bytes) -> TaskResponse:
         return _response_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise DecodeError(f"invalid task response: {exc}") from None
+    except RecursionError:
+        raise DecodeError("invalid task response: JSON nested too deep") from None
+    except Exception as exc:  # peer bytes must never crash the client
+        raise DecodeError(f"invalid task response: {type(exc).__name__}: {exc}") from None
 
 
 def error_response(

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from p2pnode.errors import DecodeError, P2PError, P2PTimeoutError
@@ -17,6 +18,7 @@ from p2pnode.protocols.task.handlers import (
     ExecHandler,
     HandlerFailedError,
     PythonHandler,
+    TaskContext,
     TaskHandler,
     load_python_handler,
     parse_handler_specs,
@@ -43,12 +45,14 @@ REQUEST_READ_TIMEOUT = 30.0
 RESPONSE_WRITE_TIMEOUT = 30.0
 _STREAM_FAILED = "the stream failed"  # why a running handler was cancelled
 _GRACE_OVER = "the grace period ended"
+GENERIC_FAILURE = "the handler failed; see the server's log"
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
     "EchoHandler",
     "ExecHandler",
     "PythonHandler",
+    "TaskContext",
     "TaskHandler",
     "TaskLogRecord",
     "TaskServer",
@@ -111,6 +115,7 @@ class TaskServer:
         request_read_timeout: float = REQUEST_READ_TIMEOUT,
         response_write_timeout: float = RESPONSE_WRITE_TIMEOUT,
         on_log: Callable[[TaskLogRecord], None] | None = None,
+        expose_errors: bool = False,
     ) -> None:
         self.node = node
         self.handlers = dict(handlers)
@@ -122,6 +127,7 @@ class TaskServer:
         self.request_read_timeout = request_read_timeout
         self.response_write_timeout = response_write_timeout
         self.on_log = on_log
+        self.expose_errors = expose_errors  # send handler exceptions' text to the peer
         self._running: set[asyncio.Task[None]] = set()  # stream tasks inside a handler
         self._cancelled: dict[asyncio.Task[None], str] = {}  # why we cancelled a handler
         self._active = 0  # streams being served, from first byte to response written
@@ -129,6 +135,15 @@ class TaskServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._shutting_down = False
+        # Sync Python handlers run in the server's own threads, as many as tasks may run.
+        self._executor: ThreadPoolExecutor | None = None
+        sync = [
+            h for h in self.handlers.values() if isinstance(h, PythonHandler) and not h.is_async
+        ]
+        if sync:
+            self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="p2pnode-task")
+            for handler in sync:
+                handler.executor = self._executor
 
     @property
     def running(self) -> int:
@@ -150,6 +165,9 @@ class TaskServer:
                 self._cancel(task, _GRACE_OVER)
             async with asyncio.timeout(5):
                 await self._idle.wait()
+        finally:
+            if self._executor is not None:  # stuck threads are not waited for
+                self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def handle_stream(self, stream: Stream) -> None:
         """Serve one task stream: read, check, run, answer, log."""
@@ -262,7 +280,13 @@ class TaskServer:
         stream.on_fail(stop_the_work)
         try:
             async with asyncio.timeout(timeout):
-                output = await handler.run(request)
+                context = TaskContext(
+                    str(stream.remote_peer),
+                    request.task_id,
+                    request.kind,
+                    None if timeout is None else time.monotonic() + timeout,
+                )
+                output = await handler.run(request, context)
         except TimeoutError:
             raise _Rejected(
                 error_response(request.task_id, ErrorCode.TIMEOUT, f"handler ran over {timeout}s")
@@ -282,6 +306,16 @@ class TaskServer:
             raise _Rejected(error_response(request.task_id, ErrorCode.FAILED, str(exc))) from None
         except Exception as exc:
             message = f"handler raised {type(exc).__name__}: {exc}"
+            log.error(
+                "task %s kind=%s from %s: %s",
+                request.task_id,
+                request.kind,
+                stream.remote_peer,
+                message,
+                exc_info=exc,
+            )
+            if not self.expose_errors:
+                message = GENERIC_FAILURE
             raise _Rejected(error_response(request.task_id, ErrorCode.FAILED, message)) from None
         finally:
             self._running.discard(this)
