@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
 
@@ -27,6 +28,7 @@ from p2pnode.errors import (
 from p2pnode.wire.identity import Identity, default_identity_path
 
 if TYPE_CHECKING:
+    from p2pnode.cli.lines import LineWriter
     from p2pnode.node import ConnectionEvent, Node
 
 EXIT_OK = 0
@@ -59,23 +61,86 @@ MUXER_CHOICES = {"yamux": ("yamux",), "mplex": ("mplex",), "both": ("yamux", "mp
 
 
 class Output:
-    """Prints events as human text or as JSON lines."""
+    """Prints events as human text or as JSON lines.
+
+    After :meth:`start_background` (``serve``), lines go through non-blocking
+    :class:`~p2pnode.cli.lines.LineWriter` queues, so a stdout or stderr that nobody
+    reads costs dropped lines, never a stalled event loop.
+    """
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
+        self.stdout: LineWriter | None = None
+        self.stderr: LineWriter | None = None
 
     def emit(self, event: str, human: str, **fields: Any) -> None:
-        if self.as_json:
-            print(json.dumps({"event": event, **fields}), flush=True)
+        self.line(json.dumps({"event": event, **fields}) if self.as_json else human)
+
+    def line(self, text: str) -> None:
+        """One line on stdout."""
+        if self.stdout is not None:
+            self.stdout.write(text)
         else:
-            print(human, flush=True)
+            _print_quietly(text, sys.stdout)
 
     def error(self, message: str, code: int, **fields: Any) -> NoReturn:
         if self.as_json:
-            print(json.dumps({"event": "error", "message": message, **fields}), file=sys.stderr)
+            text = json.dumps({"event": "error", "message": message, **fields})
         else:
-            print(f"error: {message}", file=sys.stderr)
+            text = f"error: {message}"
+        if self.stderr is not None:
+            self.stderr.write(text)
+        else:
+            _print_quietly(text, sys.stderr)
         sys.exit(code)
+
+    @property
+    def dropped_lines(self) -> int:
+        """Lines dropped so far because stdout or stderr was not read fast enough."""
+        return sum(w.dropped for w in (self.stdout, self.stderr) if w is not None)
+
+    def start_background(self) -> None:
+        """Route stdout lines and log records through non-blocking writers from now on."""
+        from p2pnode.cli.lines import EXIT_FLUSH_TIMEOUT, LineHandler, LineWriter
+
+        if self.stdout is not None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.stdout = LineWriter(sys.stdout.fileno(), self._dropped_notice)
+        self.stderr = LineWriter(sys.stderr.fileno(), _dropped_log_notice)
+        root = logging.getLogger()
+        formatter = root.handlers[0].formatter if root.handlers else None
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        line_handler = LineHandler(self.stderr)
+        line_handler.setFormatter(formatter)
+        root.addHandler(line_handler)
+        writers = (self.stdout, self.stderr)
+        atexit.register(lambda: [w.flush(EXIT_FLUSH_TIMEOUT) for w in writers])
+
+    def _dropped_notice(self, count: int) -> str:
+        if self.as_json:
+            return json.dumps({"event": "output_dropped", "lines": count})
+        lines = f"{count} output line{'' if count == 1 else 's'}"
+        return f"({lines} dropped: stdout is not read fast enough)"
+        return f"({lines} dropped: stdout is not read fast enough)"
+
+
+def _dropped_log_notice(count: int) -> str:
+    lines = f"{count} log line{'' if count == 1 else 's'}"
+    return f"p2pnode: {lines} dropped: stderr is not read fast enough"
+    return f"p2pnode: {lines} dropped: stderr is not read fast enough"
+
+
+def _print_quietly(text: str, stream: TextIO) -> None:
+    """print(), except that a reader gone away (``| head``) ends output silently."""
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def exit_code_for(exc: BaseException) -> int:

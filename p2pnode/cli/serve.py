@@ -7,10 +7,12 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from p2pnode.cli.lines import Repeats
 from p2pnode.errors import IdentityError
 from p2pnode.node import ConnectionEvent, Node, NodeConfig
 from p2pnode.protocols.task.server import (
@@ -22,6 +24,7 @@ from p2pnode.protocols.task.server import (
 )
 from p2pnode.wire.identity import Identity, PeerId, default_identity_path
 
+REPEAT_WINDOW = 10.0  # seconds: repeated failures from one address are printed once per window
 EXIT_INTERRUPTED = 130  # a second SIGINT/SIGTERM cut the grace period short
 
 if TYPE_CHECKING:
@@ -75,6 +78,20 @@ def add_cwd_to_path() -> None:
         sys.path.insert(0, cwd)
 
 
+def _repeat_key(event: ConnectionEvent) -> tuple[str, str] | None:
+    """Failures that a misbehaving source can repeat at will are folded per address."""
+    if event.kind == "handshake_failed" or (event.kind == "disconnected" and event.error):
+        source = event.addr.value_for("ip4") or event.addr.value_for("ip6") or str(event.addr)
+        return (event.kind, str(source))
+    return None
+
+
+async def _every(seconds: float, action: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        action()
+
+
 async def run_serve(options: ServeOptions, out: Output) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
     from p2pnode.cli.output import format_event, full_addrs
@@ -97,19 +114,41 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         identity, options.listen_addrs, NodeConfig(muxers=options.muxers, mdns=options.mdns)
     )
 
+    out.start_background()
+    repeats = Repeats(REPEAT_WINDOW)
+
     def print_connection_event(event: ConnectionEvent) -> None:
         human, fields = format_event(event)
+        key = _repeat_key(event)
+        if key is not None:
+            suppressed = repeats.admit(key)
+            if suppressed is None:
+                return
+            if suppressed:
+                fields["repeated"] = suppressed
+                human += f" (and {suppressed} more like it in the last {REPEAT_WINDOW:g} s)"
         out.emit(event.kind, human, **fields)
 
+    def report_repeats(everything: bool = False) -> None:
+        for key, count in repeats.expired(everything=everything):
+            kind, source = cast(tuple[str, str], key)
+            out.emit(
+                kind,
+                f"{kind}: {count} more from {source} in the last {REPEAT_WINDOW:g} s",
+                addr=source,
+                repeated=count,
+            )
+
     node.on_event(print_connection_event)
+    reporter = asyncio.create_task(_every(REPEAT_WINDOW, report_repeats))
     server = TaskServer(
         node,
         handlers,
         max_concurrent=options.max_concurrent or DEFAULT_MAX_CONCURRENT,
         allow=allowed,
         expose_errors=options.expose_errors,
-        on_log=lambda record: print(
-            format_log_json(record) if out.as_json else format_log_human(record), flush=True
+        on_log=lambda record: out.line(
+            format_log_json(record) if out.as_json else format_log_human(record)
         ),
     )
     server.install()
@@ -152,6 +191,8 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
             shutdown.result()
             forced_stop = -1
     finally:
+        reporter.cancel()
+        report_repeats(everything=True)
         await node.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
