@@ -10,6 +10,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -840,3 +841,56 @@ def test_handler_signatures_are_checked_at_start() -> None:
         with pytest.raises(LocalProtocolError, match="parameters"):
             PythonHandler(func)  # type: ignore[arg-type]
     PythonHandler(lambda request, context=None: "")
+
+
+# -- answer memory -------------------------------------------------------------------------
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_peer_that_does_not_read_its_answers_gets_busy_not_more_memory(
+    make_server: MakeServer, client: Node
+) -> None:
+    size = 20_000_000  # beyond the 16 MiB our client's yamux buffers without reading
+
+    async def big(request: TaskRequest) -> str:
+        return "x" * size
+
+    server = await make_server(
+        {"default": EchoHandler(), "big": PythonHandler(big)},
+        max_response_size=2 * size,
+        max_answer_memory_per_peer=30_000_000,
+    )
+    addr = addr_of(server.node)
+    request = encode_frame(msgspec.json.encode(TaskRequest("unread", "", kind="big")))
+    unread = await client.new_stream(addr, [PROTOCOL_ID])
+    await unread.write(request)
+    await unread.close_write()  # and never read
+    await wait_until(lambda: server.answer_memory.used_by(client.peer_id) > 0)
+    held = server.answer_memory.used_by(client.peer_id)
+    assert held > size
+
+    with pytest.raises(TaskRefusedError) as refused:  # a second one would not fit
+        await send_task(client, addr, "", kind="big", timeout=10)
+    assert refused.value.code == "busy"
+    assert "still unread" in str(refused.value)
+    assert server.answer_memory.used_by(client.peer_id) == held  # nothing more held
+    small = await send_task(client, addr, "small answers still fit", timeout=10)
+    assert small.output == "small answers still fit"
+
+    other = await start_node()
+    try:  # another peer has its own share
+        result = await send_task(
+            other, addr, "", kind="big", timeout=10, max_response_size=2 * size
+        )
+        assert len(result.output) == size
+    finally:
+        await other.stop()
+
+    body = await read_frame(unread, 2 * size)  # the first peer reads at last
+    assert body is not None and len(decode_response(body).output) == size
+    await wait_until(lambda: server.answer_memory.node.used == 0)

@@ -60,3 +60,66 @@ class Refusals:
         more = self._unlogged.pop(key, 0)
         suffix = f" ({more} more since the last report)" if more else ""
         log.warning("limit %s: refused %s: %s%s", limit, source, detail, suffix)
+
+
+class MemoryBudget:
+    """Bytes that may be held at once, optionally inside a parent's budget.
+
+    A reservation succeeds only when it fits here and in every ancestor; what is
+    reserved must be released exactly once.
+    """
+
+    __slots__ = ("limit", "parent", "used")
+
+    def __init__(self, limit: int, parent: MemoryBudget | None = None) -> None:
+        self.limit = limit
+        self.parent = parent
+        self.used = 0
+
+    def reserve(self, size: int) -> bool:
+        """Take ``size`` bytes if they fit here and above; False (nothing taken) if not."""
+        budget: MemoryBudget | None = self
+        while budget is not None:
+            if budget.used + size > budget.limit:
+                return False
+            budget = budget.parent
+        budget = self
+        while budget is not None:
+            budget.used += size
+            budget = budget.parent
+        return True
+
+    def release(self, size: int) -> None:
+        budget: MemoryBudget | None = self
+        while budget is not None:
+            budget.used -= size
+            budget = budget.parent
+
+
+class PeerBudgets:
+    """One :class:`MemoryBudget` per peer under a node-wide one; idle peers are forgotten."""
+
+    def __init__(self, node_limit: int, peer_limit: int) -> None:
+        self.node = MemoryBudget(node_limit)
+        self.peer_limit = peer_limit
+        self._peers: dict[object, MemoryBudget] = {}
+
+    def reserve(self, peer: object, size: int) -> bool:
+        budget = self._peers.get(peer)
+        if budget is None:
+            budget = self._peers[peer] = MemoryBudget(self.peer_limit, self.node)
+        if budget.reserve(size):
+            return True
+        if budget.used == 0:
+            del self._peers[peer]
+        return False
+
+    def release(self, peer: object, size: int) -> None:
+        budget = self._peers[peer]
+        budget.release(size)
+        if budget.used == 0:
+            del self._peers[peer]
+
+    def used_by(self, peer: object) -> int:
+        budget = self._peers.get(peer)
+        return budget.used if budget is not None else 0

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from p2pnode.errors import DecodeError, P2PError, P2PTimeoutError
 from p2pnode.net.host import Host
+from p2pnode.net.limits import PeerBudgets
 from p2pnode.net.stream import Stream
 from p2pnode.protocols.task.handlers import (
     EchoHandler,
@@ -35,16 +36,20 @@ from p2pnode.protocols.task.messages import (
     error_response,
     task_id_of,
 )
-from p2pnode.wire.framing import FrameDecoder, MessageTooLargeError, encode_frame
+from p2pnode.wire.framing import FrameDecoder, MessageTooLargeError
 from p2pnode.wire.identity import PeerId
+from p2pnode.wire.varint import encode_uvarint
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT = 128
+MAX_ANSWER_MEMORY = 128 * 1024 * 1024  # encoded answers not yet taken by their peers
+MAX_ANSWER_MEMORY_PER_PEER = 32 * 1024 * 1024
 REQUEST_READ_TIMEOUT = 30.0
 RESPONSE_WRITE_TIMEOUT = 30.0
 _STREAM_FAILED = "the stream failed"  # why a running handler was cancelled
 _GRACE_OVER = "the grace period ended"
+_SEPARATE_PREFIX = 64 * 1024  # answers at least this large are not copied to prefix them
 GENERIC_FAILURE = "the handler failed; see the server's log"
 
 __all__ = [
@@ -116,6 +121,8 @@ class TaskServer:
         response_write_timeout: float = RESPONSE_WRITE_TIMEOUT,
         on_log: Callable[[TaskLogRecord], None] | None = None,
         expose_errors: bool = False,
+        max_answer_memory: int = MAX_ANSWER_MEMORY,
+        max_answer_memory_per_peer: int = MAX_ANSWER_MEMORY_PER_PEER,
     ) -> None:
         self.node = node
         self.handlers = dict(handlers)
@@ -135,6 +142,9 @@ class TaskServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._shutting_down = False
+        # Answers wait in memory until their peer reads them: a peer that does not read
+        # gets ``busy`` once its share is full, instead of making us hold more.
+        self.answer_memory = PeerBudgets(max_answer_memory, max_answer_memory_per_peer)
         # Sync Python handlers run in the server's own threads, as many as tasks may run.
         self._executor: ThreadPoolExecutor | None = None
         sync = [
@@ -189,7 +199,7 @@ class TaskServer:
                 response = rejected.response
                 response.latency_ms = _elapsed_ms(started)
                 unread = rejected.unread
-            await self._answer(stream, response)
+            response = await self._answer(stream, response, stream.remote_peer)
             if unread and not stream.at_eof:
                 stream.reset()  # after the answer: stop the rest of an oversized request
         except P2PError as exc:  # the stream broke: nobody to answer
@@ -204,15 +214,38 @@ class TaskServer:
                 self._idle.set()
         self._log(stream.remote_peer, request, response)
 
-    async def _answer(self, stream: Stream, response: TaskResponse) -> None:
+    async def _answer(self, stream: Stream, response: TaskResponse, peer: PeerId) -> TaskResponse:
+        """Send ``response`` (or ``busy`` when the peer's answer memory is full); the one sent."""
+        payload = encode_response(response)
+        size = len(payload)
+        if not self.answer_memory.reserve(peer, size):
+            unread = self.answer_memory.used_by(peer)
+            del payload
+            response = error_response(
+                response.task_id,
+                ErrorCode.BUSY,
+                f"{unread} bytes of earlier answers to you are still unread: "
+                "read them before asking for more",
+            )
+            payload = encode_response(response)
+            size = 0
         stream.set_deadline(self.response_write_timeout)
         try:
-            await stream.write(encode_frame(encode_response(response)))
+            if size < _SEPARATE_PREFIX:
+                await stream.write(encode_uvarint(len(payload)) + payload)
+            else:  # no copy of a large answer just to prefix its length
+                await stream.write(encode_uvarint(len(payload)))
+                await stream.write(payload)
+            del payload
             await stream.close()
         except P2PTimeoutError:
             raise P2PTimeoutError(
                 f"the peer did not take the response within {self.response_write_timeout}s"
             ) from None
+        finally:
+            if size:
+                self.answer_memory.release(peer, size)
+        return response
 
     async def _read_request(self, stream: Stream) -> TaskRequest:
         decoder = FrameDecoder(self.max_request_size)
