@@ -97,7 +97,7 @@ def test_serve_ping_and_send_task(server: tuple[Process, dict], cli_env: dict[st
     detailed = json.loads(run(cli_env, "send-task", addr, "x", "--json").stdout)
     assert detailed["output"] == "x" and detailed["timings"]["round_trip_ms"] > 0
     log = proc.event("task", kind="upper")
-    assert log["outcome"] == "ok" and log["peer"]
+    assert log["outcome"] == "ok" and log["peer_id"]
 
 
 def test_exit_codes_tell_failures_apart(
@@ -215,7 +215,7 @@ def test_allow_list_and_python_handler(cli_env: dict[str, str], tmp_path: Path) 
         assert refused.returncode == 6 and "unauthorized" in refused.stderr
         assert "--allow" in refused.stderr  # it says what to do
         log = proc.event("task", outcome="unauthorized")
-        assert log["peer"] != allowed_id
+        assert log["peer_id"] != allowed_id
     finally:
         assert proc.stop() == 0
 

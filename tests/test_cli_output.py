@@ -134,3 +134,38 @@ def test_serve_piped_into_head_ends_output_quietly(cli_env: dict[str, str], tmp_
             serve.kill()
             serve.wait()
     assert stderr_path.read_text() == ""
+
+
+def test_json_errors_carry_code_task_id_and_exit_code(cli_env: dict[str, str]) -> None:
+    serve = Process(SERVE, cli_env)
+    try:
+        addr = serve.event("listening")["addrs"][0]
+        result = subprocess.run(
+            [*P2PNODE, "send-task", "--json", "--kind", "nope", addr, "hi"],
+            capture_output=True, text=True, env=cli_env, timeout=60,
+        )  # fmt: skip
+    finally:
+        serve.stop()
+    assert result.returncode == 6
+    error = json.loads(result.stderr)
+    assert error["event"] == "error"
+    assert error["code"] == "unknown_kind"
+    assert error["exit_code"] == 6
+    assert len(error["task_id"]) == 16
+    assert error["task_id"] in error["message"]
+
+
+def test_json_errors_without_a_protocol_code_name_the_exit_code(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    key = tmp_path / "garbage.key"
+    key.write_bytes(b"not a key")
+    key.chmod(0o600)
+    result = subprocess.run(
+        [*P2PNODE, "id", "--json", "--identity", str(key)],
+        capture_output=True, text=True, env=cli_env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    error = json.loads(result.stderr)
+    assert (error["event"], error["code"], error["exit_code"]) == ("error", "error", 1)
+    assert str(key) in error["message"]

@@ -49,6 +49,16 @@ EXIT_CODES = {
     EXIT_TASK_FAILED: "the task failed on the peer (failed, bad_request, too_large)",
 }
 
+EXIT_NAMES = {  # the ``code`` of a JSON error when no protocol code is more precise
+    EXIT_ERROR: "error",
+    EXIT_UNREACHABLE: "unreachable",
+    EXIT_HANDSHAKE: "handshake_failed",
+    EXIT_TIMEOUT: "timeout",
+    EXIT_REFUSED: "refused",
+    EXIT_TASK_FAILED: "task_failed",
+    130: "interrupted",
+}
+
 TASK_CODE_EXITS = {
     "timeout": EXIT_TIMEOUT,
     "unauthorized": EXIT_REFUSED,
@@ -83,8 +93,11 @@ class Output:
         else:
             _print_quietly(text, sys.stdout)
 
-    def error(self, message: str, code: int, **fields: Any) -> NoReturn:
+    def error(self, message: str, exit_code: int, /, **fields: Any) -> NoReturn:
+        """One error line (JSON: with ``code`` and ``exit_code``), then exit."""
         if self.as_json:
+            fields.setdefault("code", EXIT_NAMES.get(exit_code, "error"))
+            fields["exit_code"] = exit_code
             text = json.dumps({"event": "error", "message": message, **fields})
         else:
             text = f"error: {message}"
@@ -92,7 +105,7 @@ class Output:
             self.stderr.write(text)
         else:
             _print_quietly(text, sys.stderr)
-        sys.exit(code)
+        sys.exit(exit_code)
 
     @property
     def dropped_lines(self) -> int:
@@ -141,6 +154,18 @@ def _print_quietly(text: str, stream: TextIO) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
         os.close(devnull)
+
+
+def error_fields(exc: P2PError) -> dict[str, Any]:
+    """The JSON fields of an error: its class, and a task's protocol code and id."""
+    from p2pnode.protocols.task.messages import TaskError
+
+    fields: dict[str, Any] = {"kind": type(exc).__name__}
+    if isinstance(exc, TaskError):
+        fields["code"] = exc.code
+        if exc.task_id:
+            fields["task_id"] = exc.task_id
+    return fields
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -198,7 +223,9 @@ def internal_error(exc: BaseException, out: Output) -> NoReturn:
         traceback.print_exception(exc, file=sys.stderr)
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     hint = "" if verbose_errors() else " (run with -v for the traceback)"
-    out.error(f"internal error: {text}{hint}", EXIT_ERROR, kind=type(exc).__name__)
+    out.error(
+        f"internal error: {text}{hint}", EXIT_ERROR, kind=type(exc).__name__, code="internal"
+    )
 
 
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -226,7 +253,7 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]], out: Output) -> Non
     try:
         runner(main())
     except P2PError as exc:
-        out.error(str(exc), exit_code_for(exc), kind=type(exc).__name__)
+        out.error(str(exc), exit_code_for(exc), **error_fields(exc))
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:

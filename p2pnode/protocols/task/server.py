@@ -72,7 +72,7 @@ __all__ = [
 class TaskLogRecord:
     """One served task, for the log."""
 
-    peer: str
+    peer_id: str
     kind: str
     task_id: str
     latency_ms: int
@@ -83,7 +83,7 @@ class TaskLogRecord:
 def format_log_human(record: TaskLogRecord) -> str:
     """One line of text for a served task."""
     text = (
-        f"task {record.task_id or '?'} kind={record.kind} from {record.peer}: "
+        f"task {record.task_id or '?'} kind={record.kind} from {record.peer_id}: "
         f"{record.outcome} in {record.latency_ms} ms"
     )
     return text + (f" ({record.message})" if record.message else "")
@@ -376,7 +376,7 @@ class TaskServer:
         error = response.error
         self.on_log(
             TaskLogRecord(
-                peer=str(peer),
+                peer_id=str(peer),
                 kind=request.kind if request else "",
                 task_id=response.task_id,
                 latency_ms=response.latency_ms,
