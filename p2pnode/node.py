@@ -96,6 +96,7 @@ class Node:
         )
         self.refusals: Refusals = self._transport_config.refusals
         self._negotiating: dict[Connection, int] = {}
+        self._serving: dict[tuple[PeerId, str], int] = {}  # inbound streams in a handler
         self._handlers: dict[str, StreamHandler] = {}
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[Connection]] = {}
@@ -225,7 +226,25 @@ class Node:
             if handler is None:  # removed meanwhile
                 stream.reset()
                 return
-            await handler(stream)
+            key = (stream.remote_peer, selector.selected)
+            serving = self._serving.get(key, 0)
+            if serving >= self.config.limits.max_inbound_streams_per_protocol:
+                self.refusals.refuse(
+                    "max_inbound_streams_per_protocol",
+                    str(stream.remote_peer),
+                    f"{serving} {selector.selected} streams open",
+                )
+                stream.reset()
+                return
+            self._serving[key] = serving + 1
+            try:
+                await handler(stream)
+            finally:
+                left = self._serving[key] - 1
+                if left:
+                    self._serving[key] = left
+                else:
+                    del self._serving[key]
         except asyncio.CancelledError:
             stream.reset()
             raise

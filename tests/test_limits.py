@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -95,4 +96,40 @@ async def test_streams_that_never_negotiate_are_reset_beyond_the_limit(client: N
         for stream in silent:
             stream.reset()
     finally:
+        await server.stop()
+
+
+async def test_streams_of_one_protocol_beyond_the_per_peer_limit_are_reset() -> None:
+    server = await limited_server(max_inbound_streams_per_protocol=3)
+    held = asyncio.Event()
+    entered = 0
+
+    async def hold(stream: object) -> None:
+        nonlocal entered
+        entered += 1
+        await held.wait()
+
+    server.set_handler("/test/hold/1", hold)  # type: ignore[arg-type]
+    client = await start_node()
+    try:
+        streams = [await client.new_stream(addr_of(server), ["/test/hold/1"]) for _ in range(5)]
+        for stream in streams:
+            with contextlib.suppress(P2PError):  # refused ones may be reset already
+                await stream.write(b"x")
+        async with asyncio.timeout(10):
+            while server.refusals.counts["max_inbound_streams_per_protocol"] < 2:
+                await asyncio.sleep(0.01)
+        assert entered == 3
+        assert len(await client.ping(addr_of(server))) == 1  # other protocols still served
+        held.set()
+        async with asyncio.timeout(10):
+            while server._serving:
+                await asyncio.sleep(0.01)
+        fresh = await client.new_stream(addr_of(server), ["/test/hold/1"])
+        await fresh.write(b"x")  # slots are free again
+        async with asyncio.timeout(10):
+            while entered < 4:
+                await asyncio.sleep(0.01)
+    finally:
+        await client.stop()
         await server.stop()

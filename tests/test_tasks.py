@@ -418,7 +418,7 @@ async def test_only_allowed_peers_run_tasks(make_server: MakeServer, client: Nod
         assert (await send_task(allowed, addr, "y")).output == "y"
     finally:
         await allowed.stop()
-    outcomes = {(r.peer, r.outcome) for r in records}
+    outcomes = {(r.peer_id, r.outcome) for r in records}
     assert outcomes == {(str(client.peer_id), "unauthorized"), (str(allowed.peer_id), "ok")}
 
 
@@ -515,7 +515,7 @@ async def test_every_task_is_logged(make_server: MakeServer, client: Node) -> No
         await send_task(client, addr, "two", kind="nope")
     assert [(r.kind, r.outcome) for r in records] == [("default", "ok"), ("nope", "unknown_kind")]
     line = json.loads(format_log_json(records[1]))
-    assert line["event"] == "task" and line["peer"] == str(client.peer_id)
+    assert line["event"] == "task" and line["peer_id"] == str(client.peer_id)
     assert line["outcome"] == "unknown_kind" and line["task_id"] == records[1].task_id
 
 

@@ -223,9 +223,7 @@ def internal_error(exc: BaseException, out: Output) -> NoReturn:
         traceback.print_exception(exc, file=sys.stderr)
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     hint = "" if verbose_errors() else " (run with -v for the traceback)"
-    out.error(
-        f"internal error: {text}{hint}", EXIT_ERROR, kind=type(exc).__name__, code="internal"
-    )
+    out.error(f"internal error: {text}{hint}", EXIT_ERROR, kind=type(exc).__name__, code="internal")
 
 
 def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
