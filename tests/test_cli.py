@@ -91,7 +91,7 @@ def test_serve_ping_and_send_task(server: tuple[Process, dict], cli_env: dict[st
         for line in run(cli_env, "ping", addr, "-c", "3", "--json").stdout.splitlines()
     ]
     assert [p["event"] for p in pings] == ["connected", "pong", "pong", "pong", "summary"]
-    assert pings[-1]["p50_ms"] > 0
+    assert pings[0]["addr"] == addr and pings[-1]["p50_ms"] > 0
     assert run(cli_env, "send-task", addr, "hello", "--kind", "upper").stdout == "HELLO\n"
     assert run(cli_env, "send-task", addr, "-", stdin="from stdin").stdout == "from stdin\n"
     detailed = json.loads(run(cli_env, "send-task", addr, "x", "--json").stdout)

@@ -6,6 +6,8 @@ reaches a real interface. Under P2PNODE_REQUIRE_NETNS=1 (CI) they fail rather th
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 
 import pytest
@@ -23,6 +25,20 @@ def serve(host: Host, env: dict[str, str], *args: str) -> tuple[Process, dict]:
     return server, server.event("listening")
 
 
+def test_peers_json_says_when_nobody_answered(
+    hosts: tuple[Host, Host], cli_env: dict[str, str]
+) -> None:
+    _, b = hosts
+    result = subprocess.run(
+        p2pnode(b, "peers", "--json", "--timeout", "0.3"), capture_output=True, env=cli_env
+    )
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"event": "summary", "count": 0, "timeout_s": 0.3}
+    ]
+    assert result.stderr == b""
+
+
 def test_serve_advertises_real_addresses_and_peers_finds_it(
     hosts: tuple[Host, Host], cli_env: dict[str, str]
 ) -> None:
@@ -31,7 +47,8 @@ def test_serve_advertises_real_addresses_and_peers_finds_it(
     try:
         assert all(f"/ip4/{a.ip}/tcp/" in addr for addr in listening["addrs"]), listening
         found = run_json(p2pnode(b, "peers", "--json", "--timeout", "1.5"), cli_env)
-        (peer,) = [p for p in found if p["peer_id"] == listening["peer_id"]]
+        (peer,) = [p for p in found if p.get("peer_id") == listening["peer_id"]]
+        assert found[-1] == {"event": "summary", "count": 1, "timeout_s": 1.5}
         assert any(addr.startswith(f"/ip4/{a.ip}/tcp/") for addr in peer["addrs"])
         assert not any("0.0.0.0" in addr for addr in peer["addrs"])
         assert "/p2pnode/task/1.0.0" in peer["protocols"]

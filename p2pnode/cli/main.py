@@ -205,6 +205,7 @@ def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: boo
                     "connected",
                     f"connected to {conn.remote_peer} via {conn.muxer_protocol}",
                     peer_id=str(conn.remote_peer),
+                    addr=str(target),
                     muxer=conn.muxer_protocol,
                 )
                 rtts = []

@@ -135,7 +135,9 @@ async def list_peers(out: Output, *, timeout: float, identify: bool) -> None:
             out.emit("peer", human, **fields)
     finally:
         await node.stop()
-    if not found:
+    if out.as_json:
+        out.emit("summary", "", count=len(found), timeout_s=timeout)
+    elif not found:
         print(
             f"no peers answered within {timeout}s: are they running with mDNS on this network?",
             file=sys.stderr,
