@@ -27,7 +27,8 @@ from p2pnode.net.stream import Stream
 from p2pnode.net.transport import Listener, TransportConfig, dial, listen
 from p2pnode.protocols import identify, ping
 from p2pnode.protocols.identify import IdentifyInfo
-from p2pnode.routing.peerstore import IDENTIFY_TTL, PeerStore
+from p2pnode.protocols.identify_service import IdentifyService
+from p2pnode.routing.peerstore import PeerStore
 from p2pnode.routing.router import ConnectTrace, PeerRouter
 from p2pnode.wire.identity import Identity, PeerId
 from p2pnode.wire.multiaddr import Multiaddr
@@ -108,7 +109,8 @@ class Node:
         self._discovery_task: asyncio.Task[None] | None = None
         self._stopped = False
         self.set_handler(ping.PROTOCOL_ID, ping.handle_ping)
-        self.set_handler(identify.PROTOCOL_ID, self._handle_identify)
+        self.identify_service = IdentifyService(self, self._describe)
+        self.identify_service.register()
         for name in self.config.peer_routing:
             self.add_router(self._builtin_router(name))
 
@@ -161,12 +163,19 @@ class Node:
     # -- handlers ------------------------------------------------------------------
 
     def set_handler(self, protocol_id: str, handler: StreamHandler) -> None:
-        """Serve ``protocol_id``: each inbound stream that selects it runs ``handler(stream)``."""
+        """Serve ``protocol_id``: each inbound stream that selects it runs ``handler(stream)``.
+
+        Connected peers hear of a new protocol by identify push.
+        """
+        known = protocol_id in self._handlers
         self._handlers[protocol_id] = handler
+        if not known and self._connections:
+            self.identify_service.changed()
 
     def remove_handler(self, protocol_id: str) -> None:
-        """Stop serving ``protocol_id``."""
-        self._handlers.pop(protocol_id, None)
+        """Stop serving ``protocol_id`` (connected peers hear of it by identify push)."""
+        if self._handlers.pop(protocol_id, None) is not None and self._connections:
+            self.identify_service.changed()
 
     async def _handle_inbound_stream(self, stream: Stream) -> None:
         conn = stream.connection
@@ -311,6 +320,7 @@ class Node:
                 "connected", conn.remote_peer, conn.remote_addr, direction, conn.muxer_protocol
             )
         )
+        self.identify_service.connected(conn)
 
     def _unregister(self, conn: Connection) -> None:
         conns = self._connections.get(conn.remote_peer, [])
@@ -606,17 +616,9 @@ class Node:
             raise
 
     async def identify(self, peer: PeerLike) -> IdentifyInfo:
-        """Ask ``peer`` to describe itself (identify protocol)."""
-        stream = await self.new_stream(peer, [identify.PROTOCOL_ID])
-        try:
-            info = await identify.receive_identify(stream)
-        except BaseException:
-            stream.reset()
-            raise
-        usable = [a for a in info.listen_addrs if a.value_for("tcp") is not None]
-        self.peer_store.add_addrs(stream.remote_peer, usable, "identify", IDENTIFY_TTL)
-        self.peer_store.set_identify(stream.remote_peer, info.protocols, info.agent_version)
-        return info
+        """Ask ``peer`` to describe itself (identify protocol); the peer store learns it."""
+        conn = await self.connect(peer)
+        return await self.identify_service.identify(conn.remote_peer)
 
     def identify_info(self, observed: Multiaddr | None) -> IdentifyInfo:
         """How this node describes itself to a peer that sees it at ``observed``."""
@@ -629,8 +631,8 @@ class Node:
             agent_version=self.config.agent_version,
         )
 
-    async def _handle_identify(self, stream: Stream) -> None:
-        await identify.send_identify(stream, self.identify_info(stream.connection.remote_addr))
+    def _describe(self, stream: Stream) -> IdentifyInfo:
+        return self.identify_info(stream.connection.remote_addr)
 
     # -- shutting down -------------------------------------------------------------------
 
@@ -639,6 +641,7 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        await self.identify_service.close()
         if self._discovery_task is not None:
             self._discovery_task.cancel()
             await asyncio.gather(self._discovery_task, return_exceptions=True)

@@ -6,7 +6,7 @@ sit below the node that composes them and never import it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from p2pnode.net.connection import Connection
@@ -18,12 +18,48 @@ StreamHandler = Callable[[Stream], Awaitable[None]]
 PeerLike = PeerId | Multiaddr | str  # a PeerId, or a multiaddr (object or text) or PeerId text
 
 
+class PeerBook(Protocol):
+    """The part of the peer store (:mod:`p2pnode.routing.peerstore`) protocols use."""
+
+    def add_addrs(
+        self, peer_id: PeerId, addrs: Iterable[Multiaddr], source: str, ttl: float = ...
+    ) -> None:
+        """Learn addresses of ``peer_id`` (from ``source``), valid for ``ttl`` seconds."""
+
+    def addrs(self, peer_id: PeerId) -> list[Multiaddr]:
+        """Unexpired addresses of ``peer_id``, best first."""
+        ...
+
+    def set_identify(
+        self, peer_id: PeerId, protocols: Sequence[str], agent_version: str | None
+    ) -> None:
+        """What identify told us about ``peer_id``."""
+
+    def protocols_of(self, peer_id: PeerId) -> tuple[str, ...]:
+        """Protocols ``peer_id`` said it serves (empty when not identified)."""
+        ...
+
+
 class Host(Protocol):
     """A node as protocols see it: its identity, its handlers, its connections."""
 
     @property
     def peer_id(self) -> PeerId:
         """This node's PeerId."""
+        ...
+
+    @property
+    def listen_addrs(self) -> list[Multiaddr]:
+        """Bound listen addresses, without the /p2p suffix."""
+        ...
+
+    @property
+    def peer_store(self) -> PeerBook:
+        """What this node knows of other peers."""
+        ...
+
+    def connections(self, peer: PeerId | None = None) -> list[Connection]:
+        """Open connections, to ``peer`` or to everyone."""
         ...
 
     def set_handler(self, protocol_id: str, handler: StreamHandler) -> None:

@@ -124,6 +124,11 @@ class PeerStore:
         record.protocols = tuple(protocols)
         record.agent_version = agent_version
 
+    def protocols_of(self, peer_id: PeerId) -> tuple[str, ...]:
+        """Protocols ``peer_id`` said it serves (empty when not identified)."""
+        record = self._peers.get(peer_id)
+        return record.protocols if record is not None else ()
+
     def peers(self) -> list[PeerId]:
         """Every peer in the store."""
         return list(self._peers)
