@@ -41,8 +41,20 @@ IDENTIFY = 0
 CONNECT = 1
 STREAM_OPEN = 2
 STREAM_HANDLER = 3
+DHT = 4
 LIST_PEERS = 5
 DISCONNECT = 7
+# DHTRequest.Type
+DHT_FIND_PEER = 0
+DHT_FIND_PROVIDERS = 2
+DHT_GET_CLOSEST_PEERS = 3
+DHT_GET_VALUE = 5
+DHT_PUT_VALUE = 7
+DHT_PROVIDE = 8
+# DHTResponse.Type
+DHT_BEGIN = 0
+DHT_VALUE = 1
+DHT_END = 2
 # Response.Type
 OK = 0
 ERROR = 1
@@ -195,6 +207,23 @@ class PeerInfo:
         return cls(_one_bytes(fields, 1), _all_bytes(fields, 2))
 
 
+@dataclass(frozen=True)
+class DhtResponse:
+    kind: int  # DHT_BEGIN, DHT_VALUE or DHT_END
+    peer: PeerInfo | None = None
+    value: bytes | None = None
+
+    @classmethod
+    def decode(cls, data: bytes) -> DhtResponse:
+        fields = decode_message(data)
+        if 5 in fields:  # a Response wrapping it (SEARCH_VALUE streams these)
+            fields = decode_message(_one_bytes(fields, 5))
+        kinds = [v for v in fields.get(1, []) if isinstance(v, int)]
+        peer = PeerInfo.decode(_one_bytes(fields, 2)) if 2 in fields else None
+        value = _one_bytes(fields, 3) if 3 in fields else None
+        return cls(kinds[-1] if kinds else DHT_BEGIN, peer, value)
+
+
 @dataclass
 class Response:
     ok: bool
@@ -202,6 +231,7 @@ class Response:
     stream_info: StreamInfo | None = None
     identify: PeerInfo | None = None  # IdentifyResponse has PeerInfo's shape: id, addrs
     peers: list[PeerInfo] = field(default_factory=list)
+    dht: DhtResponse | None = None
 
     @classmethod
     def decode(cls, data: bytes) -> Response:
@@ -217,6 +247,8 @@ class Response:
         if 4 in fields:
             response.identify = PeerInfo.decode(_one_bytes(fields, 4))
         response.peers = [PeerInfo.decode(raw) for raw in _all_bytes(fields, 6)]
+        if 5 in fields:
+            response.dht = DhtResponse.decode(_one_bytes(fields, 5))
         return response
 
 
@@ -432,6 +464,72 @@ class P2pd:
 
     async def disconnect(self, peer: bytes) -> None:
         await self._simple(request(DISCONNECT, 7, encode_message([(1, peer)])))
+
+    # -- the DHT (the daemon must run with -dht, -dhtServer or -dhtClient) ---------------
+
+    def _dht_request(self, kind: int, timeout: int, **fields: bytes | int) -> bytes:
+        numbers = {"peer": 2, "cid": 3, "key": 4, "value": 5, "count": 6}
+        body = encode_message(
+            [(1, kind), *((numbers[name], value) for name, value in fields.items()), (7, timeout)]
+        )
+        return request(DHT, 5, body)
+
+    async def _dht_single(self, kind: int, timeout: int, **fields: bytes | int) -> DhtResponse:
+        message = self._dht_request(kind, timeout, **fields)
+        response = await self._simple(message, timeout + self.request_timeout)
+        if response.dht is None:
+            raise DaemonError(f"DHT request {kind} answered without a DHT response")
+        return response.dht
+
+    async def _dht_stream(
+        self, kind: int, timeout: int, **fields: bytes | int
+    ) -> list[DhtResponse]:
+        message = self._dht_request(kind, timeout, **fields)
+        response, reader, writer = await self._control(message, timeout + self.request_timeout)
+        values: list[DhtResponse] = []
+        try:
+            async with asyncio.timeout(timeout + self.request_timeout):
+                if response.dht is None or response.dht.kind != DHT_BEGIN:
+                    raise DaemonError(f"DHT stream {kind} did not begin: {response}")
+                while (item := DhtResponse.decode(await read_delimited(reader))).kind != DHT_END:
+                    values.append(item)
+        finally:
+            await close_writer(writer)
+        return values
+
+    async def dht_find_peer(self, peer: bytes, timeout: int = 20) -> PeerInfo:
+        """The go DHT's answer for ``peer``: its id and addresses (DaemonError if not found)."""
+        answer = await self._dht_single(DHT_FIND_PEER, timeout, peer=peer)
+        if answer.peer is None:
+            raise DaemonError("FIND_PEER answered without a peer")
+        return answer.peer
+
+    async def dht_find_providers(
+        self, cid: bytes, count: int = 20, timeout: int = 20
+    ) -> list[PeerInfo]:
+        """Providers of ``cid`` (a sha2-256 multihash is a CIDv0) that the go DHT finds."""
+        found = await self._dht_stream(DHT_FIND_PROVIDERS, timeout, cid=cid, count=count)
+        return [item.peer for item in found if item.peer is not None]
+
+    async def dht_closest_peers(self, key: bytes, timeout: int = 20) -> list[bytes]:
+        """The PeerIds the go DHT finds closest to ``key``."""
+        found = await self._dht_stream(DHT_GET_CLOSEST_PEERS, timeout, key=key)
+        return [item.value for item in found if item.value is not None]
+
+    async def dht_provide(self, cid: bytes, timeout: int = 20) -> None:
+        """Make the go host announce itself as a provider of ``cid``."""
+        await self._simple(self._dht_request(DHT_PROVIDE, timeout, cid=cid), timeout + 5)
+
+    async def dht_get_value(self, key: bytes, timeout: int = 20) -> bytes:
+        answer = await self._dht_single(DHT_GET_VALUE, timeout, key=key)
+        if answer.value is None:
+            raise DaemonError("GET_VALUE answered without a value")
+        return answer.value
+
+    async def dht_put_value(self, key: bytes, value: bytes, timeout: int = 20) -> None:
+        await self._simple(
+            self._dht_request(DHT_PUT_VALUE, timeout, key=key, value=value), timeout + 5
+        )
 
     async def list_peers(self) -> list[PeerInfo]:
         """The peers the go host is connected to (addrs: the connections' remote addresses)."""
