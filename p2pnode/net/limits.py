@@ -26,7 +26,7 @@ class Limits:
     max_inbound_connections_per_ip: int = 64  # established, from one IP address
     max_connections_per_peer: int = 8  # established, with one PeerId (both directions)
     max_inbound_streams: int = 256  # per connection, open at once
-    max_negotiating_streams: int = 32  # per connection, inbound streams not yet on a protocol
+    max_negotiating_streams: int = 128  # per connection, inbound streams not yet on a protocol
     max_inbound_streams_per_protocol: int = 256  # per peer (all its connections), per protocol
 
     def __post_init__(self) -> None:
