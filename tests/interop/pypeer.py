@@ -106,16 +106,29 @@ class PyPeer:
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise AssertionError(f"py peer: no reply to {cmd} in {timeout}s: {self.stderr()}")
+            raise AssertionError(
+                f"py peer: no reply to {cmd} in {timeout}s: {self.stderr()}"
+            ) from None
 
-    async def next_event(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """The next event of ``kind``; the others on the way are kept in ``seen``."""
-        async with asyncio.timeout(timeout):
-            while True:
-                event = await self._events.get()
-                self.seen.append(event)
-                if event.get("event") == kind:
-                    return event
+    async def next_event(
+        self, kind: str, timeout: float = TIMEOUT, **match: object
+    ) -> dict[str, Any]:
+        """The next event of ``kind`` whose fields equal ``match`` (e.g. ``peer=...``: one peer
+        process may serve many tests). Events passed over are dropped, and kept in ``seen``."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = await self._events.get()
+                    self.seen.append(event)
+                    if event.get("event") == kind and all(
+                        event.get(k) == v for k, v in match.items()
+                    ):
+                        return event
+        except TimeoutError:
+            raise AssertionError(
+                f"py peer: no {kind} event {match} in {timeout}s; events: {self.seen[-20:]}; "
+                f"stderr: {self.stderr()[-3000:]}"
+            ) from None
 
     async def stop(self) -> int | None:
         """Ask it to shut down; kill it if it does not within the timeout."""

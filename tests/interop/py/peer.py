@@ -9,8 +9,9 @@ It listens on 127.0.0.1 (a free port) with Noise and the given muxers (``both``:
 preferred), prints ``{"event": "ready", "peer_id", "addrs"}``, then reads one JSON command a
 line from stdin, ``{"id": N, "cmd": NAME, ...}``, and answers each with one line,
 ``{"reply": N, "ok": true, ...}`` or ``{"reply": N, "ok": false, "error": "..."}``. Commands
-run concurrently. Other lines are events: ``task-served`` / ``task-error`` for every task its
-server answered or failed. The end of stdin, or ``shutdown``, ends the program.
+run concurrently. Other lines are events: ``connected`` / ``disconnected`` for each
+connection, ``task-served`` / ``task-error`` for every task its server answered or failed.
+The end of stdin, or ``shutdown``, ends the program.
 
 Commands: ``dial addr`` | ``connections peer`` | ``disconnect peer`` | ``ping peer count`` |
 ``identify peer`` (a manual identify request, fields as received) | ``peerstore peer`` (what
@@ -34,17 +35,16 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair as create_ed25519_key_pair
 from libp2p.crypto.serialization import deserialize_public_key
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TMuxerOptions, TProtocol
-from libp2p.host.ping import ID as PING
 from libp2p.host.ping import PingService
 from libp2p.identity.identify.identify import ID as IDENTIFY
 from libp2p.identity.identify.identify import parse_identify_response
@@ -109,6 +109,35 @@ def muxer_name(conn: Any) -> str:
     if isinstance(muxed, Mplex):
         return "mplex"
     return type(muxed).__name__
+
+
+class ConnectionEvents(INotifee):
+    """Prints ``connected`` / ``disconnected`` events (py-libp2p registers a connection after
+    the remote's handshake has finished, so the tests wait for this event)."""
+
+    @staticmethod
+    def _event(kind: str, conn: INetConn) -> None:
+        peer = str(conn.muxed_conn.peer_id)
+        direction = str(conn.direction.name).lower()  # type: ignore[attr-defined]
+        out({"event": kind, "peer": peer, "muxer": muxer_name(conn), "direction": direction})
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._event("connected", conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._event("disconnected", conn)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
 
 
 # --- task framing (docs/task-protocol.md) --------------------------------------------------
@@ -200,7 +229,7 @@ def digest(text: str) -> str:
 class TaskServer:
     """``default`` echoes, ``upper`` upper-cases, other kinds get ``unknown_kind``."""
 
-    KINDS: dict[str, Callable[[str], str]] = {"default": lambda s: s, "upper": str.upper}
+    KINDS: ClassVar[dict[str, Callable[[str], str]]] = {"default": lambda s: s, "upper": str.upper}
 
     def __init__(self, style: str) -> None:
         self.style = style
@@ -268,8 +297,7 @@ class Peer:
         conns = self.host.get_network().get_connections(self.peer(cmd))
         return {
             "connections": [
-                {"muxer": muxer_name(c), "direction": str(c.direction.name).lower()}
-                for c in conns
+                {"muxer": muxer_name(c), "direction": str(c.direction.name).lower()} for c in conns
             ]
         }
 
@@ -421,6 +449,7 @@ async def main(args: argparse.Namespace) -> None:
     host = make_host(args.muxer, seed)
     server = TaskServer(args.task_style)
     host.set_stream_handler(TASK, server.handle)
+    host.get_network().register_notifee(ConnectionEvents())
     peer = Peer(host, server)
     with trio.CancelScope() as teardown:
         async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
