@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / "bench" / ".contenders" / "pylibp2p-venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".installed"
+# the pins the tests were written against (their xfail reasons name 0.8.1 behaviour): keep
+# them equal to install_pylibp2p.sh, whose stamp file holds its pins
 PINS = "libp2p==0.8.1 trio==0.35.0 multiaddr==0.2.0"
 PEER_SCRIPT = Path(__file__).parent / "py" / "peer.py"
 TIMEOUT = 30  # seconds: bounds every command and the start

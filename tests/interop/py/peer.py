@@ -49,6 +49,7 @@ from libp2p.host.ping import PingService
 from libp2p.identity.identify.identify import ID as IDENTIFY
 from libp2p.identity.identify.identify import parse_identify_response
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamClosed, StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -367,9 +368,16 @@ class Peer:
             request["timeout_ms"] = cmd["timeout_ms"]
         started = time.perf_counter()
         stream = await self.host.new_stream(peer, [TASK])
-        await stream.write(frame(request))
-        if cmd.get("client_style", "half-close") == "half-close":
-            await stream.close_write()
+        half_close = cmd.get("client_style", "half-close") == "half-close"
+        try:
+            await stream.write(frame(request))
+            if half_close:
+                await stream.close_write()
+        except (StreamReset, StreamClosed) as exc:
+            # the spec: a server that refuses early (too_large) answers before it resets,
+            # so read the answer even when the write failed
+            log(f"task {task_id}: the request write failed ({exc!r}); reading the answer")
+        if half_close:
             body = unframe(await read_to_eof(stream, MAX_TASK_MESSAGE + 9))
         else:
             body = await read_message(stream)
