@@ -233,7 +233,7 @@ async def test_py_identifies_p2pnode_it_was_dialed_by(py: PyPeer, node: Node) ->
 async def test_py_pings_and_identifies_p2pnode_it_dialed(py: PyPeer, node: Node) -> None:
     await py.command("dial", addr=full_addr(node))
     pinged = await py.command("ping", peer=str(node.peer_id), count=5)
-    assert len(pinged["rtts_ms"]) == 5 and all(0 < rtt < 50 for rtt in pinged["rtts_ms"])
+    assert len(pinged["rtts_ms"]) == 5 and all(0 < rtt < 1000 for rtt in pinged["rtts_ms"])
     seen = await py.command("identify", peer=str(node.peer_id))
     assert seen["public_key_matches"] and seen["agent_version"] == AGENT_VERSION
     assert seen["protocols"] == node.protocols == sorted([PING, IDENTIFY, TASK])
