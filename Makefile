@@ -7,7 +7,7 @@ JS_DIR := tests/interop/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
 P2PD_STAMP := tests/interop/go/bin/.installed-hivemind-1.1.12
 
-.PHONY: venv js-peer go-peer lint typecheck test test-fast demo bench bench-setup bench-quick clean
+.PHONY: venv js-peer go-peer py-peer lint typecheck test test-fast demo bench bench-setup bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ $(P2PD_STAMP): tests/interop/go/install_p2pd.sh $(STAMP)
 
 go-peer: $(P2PD_STAMP)
 
+# py-libp2p 0.8.1 (trio) for tests/interop/test_py.py: the benchmark's contender venv.
+PY_PEER_STAMP := bench/.contenders/pylibp2p-venv/.installed
+
+$(PY_PEER_STAMP): bench/contenders/install_pylibp2p.sh
+	bash bench/contenders/install_pylibp2p.sh
+
+py-peer: $(PY_PEER_STAMP)
+
 lint: venv
 	$(VENV)/bin/ruff check p2pnode tests bench
 	$(VENV)/bin/ruff format --check p2pnode
@@ -37,7 +45,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-test: venv js-peer go-peer lint typecheck
+test: venv js-peer go-peer py-peer lint typecheck
 	P2PNODE_REQUIRE_INTEROP=1 $(VENV)/bin/pytest -q
 
 test-fast: venv
