@@ -80,3 +80,7 @@ class DialError(P2PError):
 
 class DiscoveryError(P2PError):
     """A peer could not be found by discovery."""
+
+
+class RecordError(P2PError, ValueError):
+    """A DHT record is invalid, or in a namespace this node does not store."""

@@ -28,6 +28,7 @@ from p2pnode.net.transport import Listener, TransportConfig, dial, listen
 from p2pnode.protocols import identify, ping
 from p2pnode.protocols.identify import IdentifyInfo
 from p2pnode.protocols.identify_service import IdentifyService
+from p2pnode.protocols.kad.dht import DhtConfig, KadDHT
 from p2pnode.routing.peerstore import PeerStore
 from p2pnode.routing.router import ConnectTrace, PeerRouter
 from p2pnode.wire.identity import Identity, PeerId
@@ -72,6 +73,7 @@ class NodeConfig:
     peer_routing: Sequence[str] = ()
     lookup_timeout: float = 5.0  # seconds one router may take to find a peer
     limits: Limits = field(default_factory=Limits)  # what peers can make this node hold
+    dht: DhtConfig | None = None  # join a Kademlia DHT (None: no DHT)
 
 
 class Node:
@@ -113,6 +115,10 @@ class Node:
         self.identify_service.register()
         for name in self.config.peer_routing:
             self.add_router(self._builtin_router(name))
+        self.dht: KadDHT | None = None
+        if self.config.dht is not None:
+            self.dht = KadDHT(self, identity.public_key.to_protobuf(), self.config.dht)
+            self.add_router(self.dht)
 
     @classmethod
     async def start(
@@ -128,6 +134,8 @@ class Node:
                 await node.listen(addr)
             if node.config.mdns:
                 await node.start_discovery()
+            if node.dht is not None:
+                await node.dht.start()
         except BaseException:
             await node.stop()
             raise
@@ -641,6 +649,8 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        if self.dht is not None:
+            await self.dht.stop()
         await self.identify_service.close()
         if self._discovery_task is not None:
             self._discovery_task.cancel()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from p2pnode.cli.dht import dht_config
 from p2pnode.cli.output import (
     EXIT_ERROR,
     MUXER_CHOICES,
@@ -29,6 +31,8 @@ from p2pnode.cli.output import (
 )
 from p2pnode.errors import P2PTimeoutError
 from p2pnode.node import Node, NodeConfig
+from p2pnode.protocols.kad.dht import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
+from p2pnode.protocols.kad.dht import LAN_PROTOCOL as LAN_DHT_PROTOCOL
 from p2pnode.wire.identity import Identity, default_identity_path
 from p2pnode.wire.multiaddr import Multiaddr
 
@@ -82,6 +86,25 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
     out.emit("id", str(identity.peer_id), peer_id=str(identity.peer_id), identity=str(path))
 
 
+def bootstrap_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--bootstrap",
+        "bootstrap",
+        multiple=True,
+        metavar="MADDR",
+        help="A DHT node to join through, ending in /p2p/<id> (repeatable).",
+    )(func)
+
+
+def dht_protocol_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--dht-protocol",
+        default=DEFAULT_DHT_PROTOCOL,
+        show_default=True,
+        help=f"DHT protocol id: another one makes a private DHT ({LAN_DHT_PROTOCOL} for a LAN).",
+    )(func)
+
+
 @main.command()
 @click.option(
     "--listen",
@@ -129,6 +152,16 @@ def id_command(identity_path: str | None, as_json: bool) -> None:
 )
 @click.option("--no-mdns", is_flag=True, help="Do not advertise or discover peers with mDNS.")
 @click.option(
+    "--dht",
+    "dht_mode",
+    type=click.Choice(["auto", "server", "client", "off"]),
+    default="auto",
+    show_default=True,
+    help="Kademlia DHT mode; auto: client until a peer from another host reaches us.",
+)
+@bootstrap_option
+@dht_protocol_option
+@click.option(
     "--expose-errors",
     is_flag=True,
     help="Send a Python handler's exception text to the peer (default: a generic message).",
@@ -146,10 +179,17 @@ def serve(
     allow_file: str | None,
     grace: float,
     no_mdns: bool,
+    dht_mode: str,
+    bootstrap: tuple[str, ...],
+    dht_protocol: str,
     expose_errors: bool,
     as_json: bool,
 ) -> None:
-    """Run a node that serves tasks until SIGINT or SIGTERM."""
+    """Run a node that serves tasks until SIGINT or SIGTERM.
+
+    With the DHT on, the node provides one DHT key per task kind it serves, so that
+    `p2pnode find KIND` finds it from anywhere in the DHT.
+    """
     from p2pnode.cli.serve import ServeOptions, run_serve
 
     out = Output(as_json)
@@ -168,6 +208,9 @@ def serve(
         grace=grace,
         mdns=not no_mdns,
         expose_errors=expose_errors,
+        dht_mode=dht_mode,
+        bootstrap=list(bootstrap),
+        dht_protocol=dht_protocol,
     )
     run_async(lambda: run_serve(options, out), out)
 
@@ -245,6 +288,14 @@ def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: boo
 @click.option("--ephemeral", is_flag=True, help="Use a fresh identity instead of the key file.")
 @muxer_option
 @click.option("--no-cache", is_flag=True, help="Do not use or update the cache of peer addresses.")
+@click.option(
+    "--any",
+    "any_kind",
+    is_flag=True,
+    help="PEER is a task kind: send to a peer the DHT lists as serving it (needs --bootstrap).",
+)
+@bootstrap_option
+@dht_protocol_option
 @json_option
 def send_task_command(
     peer: str,
@@ -255,11 +306,16 @@ def send_task_command(
     ephemeral: bool,
     muxer: str,
     no_cache: bool,
+    any_kind: bool,
+    bootstrap: tuple[str, ...],
+    dht_protocol: str,
     as_json: bool,
 ) -> None:
     """Send one task to PEER and print its output.
 
-    PEER is a multiaddr ending in /p2p/<id>, or a bare PeerId found with mDNS.
+    PEER is a multiaddr ending in /p2p/<id>, or a bare PeerId (found through the address
+    cache, mDNS, then the DHT when --bootstrap is given). With --any, PEER is a task kind
+    (also sent as --kind) and the task goes to a peer that provides it in the DHT.
     INPUT "-" reads standard input.
     """
     from p2pnode.cli.sendtask import send_task_cli
@@ -277,6 +333,60 @@ def send_task_command(
             timeout=timeout,
             muxers=MUXER_CHOICES[muxer],
             use_cache=not no_cache,
+            dht=dht_config(bootstrap, dht_protocol) if bootstrap or any_kind else None,
+            any_kind=any_kind,
+        ),
+        out,
+    )
+
+
+@main.command("find-peer")
+@click.argument("peer_id")
+@bootstrap_option
+@dht_protocol_option
+@click.option(
+    "--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds for the lookup."
+)
+@json_option
+def find_peer_command(
+    peer_id: str, bootstrap: tuple[str, ...], dht_protocol: str, timeout: float, as_json: bool
+) -> None:
+    """Find a peer's addresses in the DHT (exit 3 when no one knows it)."""
+    from p2pnode.cli.dht import find_peer_cli
+
+    out = Output(as_json)
+    run_async(
+        lambda: find_peer_cli(
+            out, Identity.generate(), peer_id, dht_config(bootstrap, dht_protocol), timeout
+        ),
+        out,
+    )
+
+
+@main.command("find")
+@click.argument("kind")
+@bootstrap_option
+@dht_protocol_option
+@click.option(
+    "--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds for the lookup."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@json_option
+def find_command(
+    kind: str,
+    bootstrap: tuple[str, ...],
+    dht_protocol: str,
+    timeout: float,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List peers that serve tasks of KIND, found through the DHT (exit 3 when none)."""
+    from p2pnode.cli.dht import find_providers_cli
+
+    out = Output(as_json)
+    run_async(
+        lambda: find_providers_cli(
+            out, Identity.generate(), kind, dht_config(bootstrap, dht_protocol), timeout, limit
         ),
         out,
     )

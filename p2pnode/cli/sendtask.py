@@ -7,12 +7,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from p2pnode.errors import MultiaddrError, P2PError
+from p2pnode.errors import DialError, DiscoveryError, LocalProtocolError, MultiaddrError, P2PError
 from p2pnode.node import Node, NodeConfig
+from p2pnode.protocols.kad.dht import DhtConfig
 from p2pnode.protocols.task.client import send_task
 from p2pnode.routing.mdns import DiscoveredPeer, MdnsDiscovery, PeerDiscovered
 from p2pnode.routing.router import ConnectTrace
 from p2pnode.wire.identity import Identity, PeerId
+from p2pnode.wire.kad import provider_key_for_kind
 from p2pnode.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
@@ -33,17 +35,31 @@ async def send_task_cli(
     timeout: float,
     muxers: tuple[str, ...],
     use_cache: bool,
+    dht: DhtConfig | None = None,
+    any_kind: bool = False,
 ) -> None:
-    """``p2pnode send-task``: resolve, connect, send, print the output (or all of it as JSON)."""
+    """``p2pnode send-task``: resolve, connect, send, print the output (or all of it as JSON).
+
+    With ``any_kind``, ``target`` is a task kind and the peer is one the DHT lists for it.
+    """
     started = time.perf_counter()
-    if target.startswith("/") and Multiaddr.from_string(target).peer_id is None:
+    if any_kind:
+        kind = target
+    elif target.startswith("/") and Multiaddr.from_string(target).peer_id is None:
         raise MultiaddrError(f"{target} has no /p2p/<peer id>: add it so the peer is verified")
     routing = ("cache", "mdns") if use_cache else ("mdns",)
-    config = NodeConfig(muxers=muxers, keepalive_interval=None, peer_routing=routing)
+    config = NodeConfig(muxers=muxers, keepalive_interval=None, peer_routing=routing, dht=dht)
     node = Node(identity, config)
     trace = ConnectTrace()
     try:
+        if node.dht is not None:
+            await node.dht.start()
+            await node.dht.bootstrap()
+        if any_kind:
+            target = str(await _any_provider(node, kind, timeout, trace))
         conn = await node.connect(target, timeout=timeout, trace=trace)
+        if any_kind:
+            trace.resolved_by = "dht"
         sent = time.perf_counter()
         result = await send_task(node, conn.remote_peer, text, kind=kind, timeout=timeout)
         round_trip = time.perf_counter() - sent
@@ -71,6 +87,27 @@ async def send_task_cli(
         output = result.output
         sys.stdout.write(output if output.endswith("\n") else output + "\n")
         sys.stdout.flush()
+
+
+async def _any_provider(node: Node, kind: str, timeout: float, trace: ConnectTrace) -> PeerId:
+    """A peer the DHT lists as serving ``kind`` (the first that answers a dial)."""
+    if node.dht is None:
+        raise LocalProtocolError("--any needs the DHT: pass --bootstrap MADDR")
+    started = time.perf_counter()
+    providers = await node.dht.find_providers(provider_key_for_kind(kind), timeout=timeout)
+    trace.lookup_ms += _ms(time.perf_counter() - started)
+    trace.resolved_by = "dht"
+    if not providers:
+        raise DiscoveryError(f"no peer in the DHT provides kind {kind!r}")
+    errors = []
+    for provider in providers:
+        try:
+            await node.dial_first(provider.peer_id, provider.addrs)
+        except P2PError as exc:
+            errors.append(f"{provider.peer_id}: {exc}")
+        else:
+            return provider.peer_id
+    raise DialError(f"no provider of {kind!r} could be reached: " + "; ".join(errors))
 
 
 async def watch_peers(out: Output, *, timeout: float) -> None:

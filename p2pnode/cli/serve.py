@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from p2pnode.cli.dht import dht_config
 from p2pnode.cli.lines import Repeats
-from p2pnode.errors import IdentityError
+from p2pnode.errors import IdentityError, P2PError
 from p2pnode.node import ConnectionEvent, Node, NodeConfig
+from p2pnode.protocols.kad.dht import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
+from p2pnode.protocols.kad.dht import DhtMode
 from p2pnode.protocols.task.server import (
     DEFAULT_MAX_CONCURRENT,
     TaskServer,
@@ -23,6 +26,7 @@ from p2pnode.protocols.task.server import (
     parse_handler_specs,
 )
 from p2pnode.wire.identity import Identity, PeerId, default_identity_path
+from p2pnode.wire.kad import provider_key_for_kind
 
 REPEAT_WINDOW = 10.0  # seconds: repeated failures from one address are printed once per window
 EXIT_INTERRUPTED = 130  # a second SIGINT/SIGTERM cut the grace period short
@@ -47,6 +51,9 @@ class ServeOptions:
     grace: float = 10.0
     mdns: bool = True
     expose_errors: bool = False
+    dht_mode: str = "auto"  # auto | server | client | off
+    bootstrap: list[str] = field(default_factory=list)
+    dht_protocol: str = DEFAULT_DHT_PROTOCOL
 
 
 def read_allow_list(allow: list[str], allow_file: str | None) -> set[PeerId] | None:
@@ -92,6 +99,21 @@ async def _every(seconds: float, action: Callable[[], None]) -> None:
         action()
 
 
+async def _provide_kinds(node: Node, kinds: list[str], out: Output) -> None:
+    """Announce each task kind in the DHT once it has peers (then the DHT republishes)."""
+    assert node.dht is not None
+    await node.dht.ready.wait()  # a DHT peer to give the records to
+    for kind in kinds:
+        try:
+            peers = await node.dht.provide(provider_key_for_kind(kind))
+        except P2PError as exc:
+            out.emit("provide_failed", f"could not provide {kind!r} in the DHT: {exc}", kind=kind,
+                     error=str(exc))  # fmt: skip
+            continue
+        out.emit("provided", f"providing {kind!r} in the DHT ({peers} peers took the record)",
+                 kind=kind, peers=peers)  # fmt: skip
+
+
 async def run_serve(options: ServeOptions, out: Output) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
     from p2pnode.cli.output import format_event, full_addrs
@@ -110,8 +132,14 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    dht = None
+    if options.dht_mode != "off":
+        dht = dht_config(options.bootstrap, options.dht_protocol, DhtMode(options.dht_mode))
+        dht.maintain = True
     node = await Node.start(
-        identity, options.listen_addrs, NodeConfig(muxers=options.muxers, mdns=options.mdns)
+        identity,
+        options.listen_addrs,
+        NodeConfig(muxers=options.muxers, mdns=options.mdns, dht=dht),
     )
 
     out.start_background()
@@ -141,6 +169,7 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
 
     node.on_event(print_connection_event)
     reporter = asyncio.create_task(_every(REPEAT_WINDOW, report_repeats))
+    background: list[asyncio.Task[None]] = [reporter]
     server = TaskServer(
         node,
         handlers,
@@ -162,6 +191,8 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
             kinds=sorted(handlers),
             mdns=options.mdns,
         )
+        if node.dht is not None:
+            background.append(asyncio.create_task(_provide_kinds(node, sorted(handlers), out)))
         # What is alive now (modules, the node) lives as long as the process: keep the
         # collector from rescanning it, which slowed the first thousand tasks by a third.
         gc.collect()
@@ -191,7 +222,9 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
             shutdown.result()
             forced_stop = -1
     finally:
-        reporter.cancel()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         report_repeats(everything=True)
         await node.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):

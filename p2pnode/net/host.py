@@ -7,7 +7,7 @@ sit below the node that composes them and never import it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from p2pnode.net.connection import Connection
 from p2pnode.net.stream import Stream
@@ -71,6 +71,13 @@ class Host(Protocol):
     async def connect(self, peer: PeerLike) -> Connection:
         """A usable connection to ``peer``, finding and dialing it if needed."""
         ...
+
+    async def dial_first(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
+        """A connection to ``peer``: the open one, or a dial to ``addrs`` (no peer routing)."""
+        ...
+
+    def on_event(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback`` with each connection event (``kind``, ``direction``, ``addr``)."""
 
     async def new_stream(
         self, peer: PeerLike, protocols: Sequence[str], *, optimistic: bool = False
