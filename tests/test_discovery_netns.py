@@ -137,7 +137,7 @@ def test_js_libp2p_and_p2pnode_find_each_other(
         js_peer = js.event("listening")["peer_id"]
         # p2pnode finds js-libp2p and runs a task on it, by PeerId alone.
         found = run_json(p2pnode(b, "peers", "--json", "--timeout", "2"), cli_env)
-        (entry,) = [p for p in found if p["peer_id"] == js_peer]
+        (entry,) = [p for p in found if p.get("peer_id") == js_peer]
         assert any(addr.startswith(f"/ip4/{a.ip}/") for addr in entry["addrs"])
         assert entry["agent_version"].startswith("js-libp2p-interop")
         argv = p2pnode(b, "send-task", js_peer, "from p2pnode", "--kind", "upper", "--json")
