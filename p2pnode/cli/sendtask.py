@@ -43,6 +43,7 @@ async def send_task_cli(
     With ``any_kind``, ``target`` is a task kind and the peer is one the DHT lists for it.
     """
     started = time.perf_counter()
+    provider_ms = 0.0
     if any_kind:
         kind = target
     elif target.startswith("/") and Multiaddr.from_string(target).peer_id is None:
@@ -56,17 +57,19 @@ async def send_task_cli(
             await node.dht.start()
             await node.dht.bootstrap()
         if any_kind:
-            target = str(await _any_provider(node, kind, timeout, trace))
+            found_at = time.perf_counter()
+            target = str(await _any_provider(node, kind, timeout))
+            provider_ms = _ms(time.perf_counter() - found_at)
         conn = await node.connect(target, timeout=timeout, trace=trace)
-        if any_kind:
-            trace.resolved_by = "dht"
         sent = time.perf_counter()
         result = await send_task(node, conn.remote_peer, text, kind=kind, timeout=timeout)
         round_trip = time.perf_counter() - sent
     finally:
         await node.stop()
     timings: dict[str, Any] = {"connect_ms": trace.connect_ms}
-    if trace.resolved_by not in ("address", "connected"):
+    if any_kind:  # the provider lookup found and dialed it
+        timings.update(connect_ms=provider_ms, resolved_by="dht")
+    elif trace.resolved_by not in ("address", "connected"):
         timings["resolved_by"] = trace.resolved_by
     if trace.lookup_ms:
         timings["discovery_ms"] = trace.lookup_ms
@@ -89,14 +92,11 @@ async def send_task_cli(
         sys.stdout.flush()
 
 
-async def _any_provider(node: Node, kind: str, timeout: float, trace: ConnectTrace) -> PeerId:
+async def _any_provider(node: Node, kind: str, timeout: float) -> PeerId:
     """A peer the DHT lists as serving ``kind`` (the first that answers a dial)."""
     if node.dht is None:
         raise LocalProtocolError("--any needs the DHT: pass --bootstrap MADDR")
-    started = time.perf_counter()
     providers = await node.dht.find_providers(provider_key_for_kind(kind), timeout=timeout)
-    trace.lookup_ms += _ms(time.perf_counter() - started)
-    trace.resolved_by = "dht"
     if not providers:
         raise DiscoveryError(f"no peer in the DHT provides kind {kind!r}")
     errors = []
