@@ -12,13 +12,14 @@ from p2pnode.wire.multiaddr import Multiaddr
 
 
 async def main(addr: str, count: int) -> None:
-    config = TransportConfig(identity=Identity.generate(), keepalive_interval=None)
-
     async def no_streams(stream: object) -> None:
         return None
 
     target = Multiaddr.from_string(addr)
-    conns = [await dial(target, config, no_streams) for _ in range(count)]  # type: ignore[arg-type]
+    conns = []
+    for _ in range(count):  # one peer per connection, as many agents would be
+        config = TransportConfig(identity=Identity.generate(), keepalive_interval=None)
+        conns.append(await dial(target, config, no_streams))  # type: ignore[arg-type]
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for conn in conns:

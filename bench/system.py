@@ -78,7 +78,8 @@ def startup_and_memory(runs: int, idle_connections: int) -> dict[str, Any]:
             started = time.perf_counter()
             with log.open("wb") as stdout:
                 proc = subprocess.Popen(
-                    [*SERVE, "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"],
+                    [*SERVE, "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0",
+                     "--limit", "max_inbound_connections_per_ip=5000"],
                     stdout=stdout, env=env, cwd=ROOT,
                 )  # fmt: skip
             listening = json.loads(_first_line(log, proc))

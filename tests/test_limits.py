@@ -8,7 +8,7 @@ import contextlib
 import pytest
 
 from p2pnode import Identity, Node, NodeConfig, P2PError
-from p2pnode.net.limits import Limits
+from p2pnode.net.limits import Limits, limits_with
 
 from .conftest import LOOPBACK, addr_of, start_node
 
@@ -133,3 +133,14 @@ async def test_streams_of_one_protocol_beyond_the_per_peer_limit_are_reset() -> 
     finally:
         await client.stop()
         await server.stop()
+
+
+def test_limits_are_set_by_name_from_the_command_line() -> None:
+    changed = limits_with(Limits(), ["max_inbound_connections_per_ip=500", "max-inbound-streams=9"])
+    assert changed.max_inbound_connections_per_ip == 500 and changed.max_inbound_streams == 9
+    assert changed.max_connections_per_peer == Limits().max_connections_per_peer
+    for bad, message in (("nope=1", "unknown limit"), ("max_inbound_streams", "unknown limit"),
+                         ("max_inbound_streams=x", "whole number"),
+                         ("max_inbound_streams=0", "positive")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            limits_with(Limits(), [bad])

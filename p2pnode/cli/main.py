@@ -30,6 +30,7 @@ from p2pnode.cli.output import (
     summarize,
 )
 from p2pnode.errors import P2PTimeoutError
+from p2pnode.net.limits import Limits, limits_with
 from p2pnode.node import Node, NodeConfig
 from p2pnode.protocols.kad.dht import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
 from p2pnode.protocols.kad.dht import LAN_PROTOCOL as LAN_DHT_PROTOCOL
@@ -162,6 +163,14 @@ def dht_protocol_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @bootstrap_option
 @dht_protocol_option
 @click.option(
+    "--limit",
+    "limit_settings",
+    multiple=True,
+    metavar="NAME=N",
+    help="Raise or lower one of the limits in the README's table (repeatable), "
+    "e.g. max_inbound_connections_per_ip=500.",
+)
+@click.option(
     "--expose-errors",
     is_flag=True,
     help="Send a Python handler's exception text to the peer (default: a generic message).",
@@ -182,6 +191,7 @@ def serve(
     dht_mode: str,
     bootstrap: tuple[str, ...],
     dht_protocol: str,
+    limit_settings: tuple[str, ...],
     expose_errors: bool,
     as_json: bool,
 ) -> None:
@@ -195,6 +205,10 @@ def serve(
     out = Output(as_json)
     if identity_path and ephemeral:
         out.error("--identity and --ephemeral exclude each other", EXIT_ERROR)
+    try:
+        limits = limits_with(Limits(), limit_settings)
+    except ValueError as exc:
+        out.error(f"--limit: {exc}", EXIT_ERROR)
     options = ServeOptions(
         listen_addrs=list(listen_addrs),
         identity_path=identity_path,
@@ -211,6 +225,7 @@ def serve(
         dht_mode=dht_mode,
         bootstrap=list(bootstrap),
         dht_protocol=dht_protocol,
+        limits=limits,
     )
     run_async(lambda: run_serve(options, out), out)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 from p2pnode.cli.dht import dht_config
 from p2pnode.cli.lines import Repeats
 from p2pnode.errors import IdentityError, P2PError
+from p2pnode.net.limits import Limits
 from p2pnode.node import ConnectionEvent, Node, NodeConfig
 from p2pnode.protocols.kad.dht import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
 from p2pnode.protocols.kad.dht import DhtMode
@@ -54,6 +55,7 @@ class ServeOptions:
     dht_mode: str = "auto"  # auto | server | client | off
     bootstrap: list[str] = field(default_factory=list)
     dht_protocol: str = DEFAULT_DHT_PROTOCOL
+    limits: Limits = field(default_factory=Limits)
 
 
 def read_allow_list(allow: list[str], allow_file: str | None) -> set[PeerId] | None:
@@ -139,7 +141,7 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
     node = await Node.start(
         identity,
         options.listen_addrs,
-        NodeConfig(muxers=options.muxers, mdns=options.mdns, dht=dht),
+        NodeConfig(muxers=options.muxers, mdns=options.mdns, dht=dht, limits=options.limits),
     )
 
     out.start_background()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,24 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive integer, got {value!r}")
+
+
+def limits_with(base: Limits, settings: Iterable[str]) -> Limits:
+    """``base`` with ``NAME=VALUE`` settings applied; ValueError naming what is wrong."""
+    names = [f.name for f in fields(Limits)]
+    changes: dict[str, int] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in names:
+            raise ValueError(
+                f"unknown limit {setting!r}: use NAME=VALUE, NAME one of {', '.join(names)}"
+            )
+        try:
+            changes[name] = int(value)
+        except ValueError:
+            raise ValueError(f"limit {name} needs a whole number, not {value!r}") from None
+    return replace(base, **changes)
 
 
 class Refusals:

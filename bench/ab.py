@@ -1,0 +1,85 @@
+"""Two p2pnode trees side by side: is a change faster or slower, and by how much?
+
+Runs ``bench.run --quick`` for the floor and p2pnode (asyncio) in a BASE tree and in
+this one, alternately, ROUNDS times, so that both see the same machine weather; then
+prints, per figure, the median of p2pnode/floor in each tree and their ratio
+(HEAD/BASE; for latencies above 1 is slower, for rates and throughput above 1 is faster).
+
+    python -m bench.ab /path/to/base-worktree [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HEAD = Path(__file__).resolve().parent.parent
+CONTENDERS = "floor (asyncio),p2pnode (asyncio)"
+FIGURES = {  # name: (result key, field, higher is better)
+    "connect p50 (ms)": ("connect", "p50_ms", False),
+    "ping p50 (ms)": ("ping", "p50_ms", False),
+    "task 64 B p50 (ms)": ("task_64", "p50_ms", False),
+    "task 1 MiB p50 (ms)": ("task_1m", "p50_ms", False),
+    "1 stream up (MB/s)": ("throughput_1_up", "mb_per_s", True),
+    "1 stream down (MB/s)": ("throughput_1_down", "mb_per_s", True),
+    "tasks/s, 16 in flight": ("rate_16", "tasks_per_s", True),
+    "tasks/s, 64 in flight": ("rate_64", "tasks_per_s", True),
+}
+
+
+def run_once(tree: Path, out: Path) -> dict[str, dict[str, float]]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", CONTENDERS, "--out", str(out)],
+        cwd=tree,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (result,) = out.glob("*-quick.json")
+    data = json.loads(result.read_text())["contenders"]
+    figures: dict[str, dict[str, float]] = {}
+    for name, (key, field, _) in FIGURES.items():
+        floor = data["floor (asyncio)"]["results"].get(key, {}).get(field)
+        ours = data["p2pnode (asyncio)"]["results"].get(key, {}).get(field)
+        if floor and ours:
+            figures[name] = {"p2pnode": ours, "floor": floor, "ratio": ours / floor}
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("base", type=Path)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {"base": [], "head": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for label, tree in (("base", args.base.resolve()), ("head", HEAD)):
+                out = Path(tmp) / f"{label}{round_}"
+                runs[label].append(run_once(tree, out))
+                print(f"round {round_ + 1}: {label} done", file=sys.stderr)
+    print(f"| figure ({args.rounds} rounds, medians) | base p2pnode/floor | head p2pnode/floor "
+          "| head/base |")  # fmt: skip
+    print("|---|---|---|---|")
+    for name, (_, _, higher_better) in FIGURES.items():
+        ratios = {}
+        for label in ("base", "head"):
+            values = [r[name]["ratio"] for r in runs[label] if name in r]
+            ratios[label] = statistics.median(values) if values else None
+        base, head = ratios["base"], ratios["head"]
+        if base is None or head is None:
+            continue
+        change = head / base
+        verdict = "faster" if (change > 1) == higher_better else "slower"
+        print(f"| {name} | {base:.3f} | {head:.3f} | {change:.3f} ({verdict}) |")
+
+
+if __name__ == "__main__":
+    main()
