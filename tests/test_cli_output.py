@@ -12,10 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from p2pnode.demo.netns import Host
 from p2pnode.protocols.task.client import send_task
+from p2pnode.wire.identity import Identity
 
 from .conftest import start_node
-from .netns import Process
+from .netns import Process, p2pnode
 
 P2PNODE = [sys.executable, "-m", "p2pnode"]
 SERVE = [*P2PNODE, "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--json",
@@ -169,3 +173,29 @@ def test_json_errors_without_a_protocol_code_name_the_exit_code(
     error = json.loads(result.stderr)
     assert (error["event"], error["code"], error["exit_code"]) == ("error", "error", 1)
     assert str(key) in error["message"]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("restricted", [False, True])
+def test_serve_warns_when_anyone_can_run_its_commands(
+    hosts: tuple[Host, Host], cli_env: dict[str, str], restricted: bool
+) -> None:
+    a, _ = hosts
+    argv = ["serve", "--ephemeral", "--json", "--no-mdns", "--dht", "off"]
+    argv += ["--listen", f"/ip4/{a.ip}/tcp/0", "--exec", "up=tr a-z A-Z"]
+    if restricted:
+        argv += ["--allow", str(Identity.generate().peer_id)]
+    serve = Process(p2pnode(a, *argv), cli_env)
+    try:
+        serve.event("listening")
+        early = [json.loads(line) for line in serve._buffer.splitlines() if line.strip()]
+        code, events = stop_and_drain(serve.proc)
+    finally:
+        serve.stop()
+    assert code == 0 and events[-1]["event"] == "stopped"
+    warnings = [e for e in early + events if e["event"] == "warning"]
+    if restricted:
+        assert warnings == []
+    else:
+        (warning,) = warnings
+        assert warning["code"] == "open_handlers" and "--allow" in str(warning["message"])

@@ -93,6 +93,15 @@ class Output:
         else:
             _print_quietly(text, sys.stdout)
 
+    def warn(self, message: str, /, **fields: Any) -> None:
+        """A warning: a ``warning`` event with ``--json``, else one line on stderr."""
+        if self.as_json:
+            self.emit("warning", message, message=message, **fields)
+        elif self.stderr is not None:
+            self.stderr.write(f"warning: {message}")
+        else:
+            _print_quietly(f"warning: {message}", sys.stderr)
+
     def error(self, message: str, exit_code: int, /, **fields: Any) -> NoReturn:
         """One error line (JSON: with ``code`` and ``exit_code``), then exit."""
         if self.as_json:

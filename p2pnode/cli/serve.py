@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import os
 import signal
 import sys
@@ -101,6 +102,18 @@ async def _every(seconds: float, action: Callable[[], None]) -> None:
         action()
 
 
+def _reachable_listen_addrs(node: Node) -> list[str]:
+    """Listen addresses other hosts can reach (not loopback)."""
+    from p2pnode.net.addresses import expand_wildcards
+
+    found = []
+    for addr in expand_wildcards(node.listen_addrs):
+        host = addr.value_for("ip4") or addr.value_for("ip6")
+        if host is not None and not ipaddress.ip_address(host).is_loopback:
+            found.append(str(addr))
+    return found
+
+
 async def _provide_kinds(node: Node, kinds: list[str], out: Output) -> None:
     """Announce each task kind in the DHT once it has peers (then the DHT republishes)."""
     assert node.dht is not None
@@ -193,6 +206,14 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
             kinds=sorted(handlers),
             mdns=options.mdns,
         )
+        open_to = _reachable_listen_addrs(node)
+        if (options.exec_specs or options.python_specs) and allowed is None and open_to:
+            out.warn(
+                f"anyone who can reach {open_to[0]} can run your --exec/--handler tasks; "
+                "restrict them with --allow PEER_ID (or --allow-file), or listen on "
+                "/ip4/127.0.0.1 only",
+                code="open_handlers",
+            )
         if node.dht is not None:
             background.append(asyncio.create_task(_provide_kinds(node, sorted(handlers), out)))
         # What is alive now (modules, the node) lives as long as the process: keep the
