@@ -16,6 +16,7 @@ from p2pnode.errors import (
     DialError,
     DiscoveryError,
     LocalProtocolError,
+    MultiaddrError,
     P2PError,
     P2PTimeoutError,
     PeerIdMismatchError,
@@ -280,6 +281,11 @@ class Node:
         """Listen on a TCP multiaddr; return the bound addresses."""
         if isinstance(addr, str):
             addr = Multiaddr.from_string(addr)
+        if addr.peer_id is not None and addr.peer_id != self.peer_id:
+            raise MultiaddrError(
+                f"cannot listen on {addr}: it names peer {addr.peer_id}, and this node is "
+                f"{self.peer_id}; drop the /p2p part"
+            )
         listener = await listen(
             addr,
             self._transport_config,
@@ -368,6 +374,9 @@ class Node:
             raise LocalProtocolError("the node is stopped")
         if isinstance(addr, str):
             addr = Multiaddr.from_string(addr)
+        unsupported = addr.unsupported_part()
+        if unsupported is not None:
+            raise MultiaddrError(f"cannot dial {addr}: {unsupported}")
         peer = addr.peer_id
         if peer is None:
             return await self._dial_addr(addr)
@@ -489,6 +498,11 @@ class Node:
         return conn
 
     async def _dial_candidates(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
+        usable = [a for a in addrs if a.unsupported_part() is None]
+        if addrs and not usable:  # e.g. only /ws or relay addresses: say which
+            reason = addrs[0].unsupported_part()
+            raise DialError(f"no address of {peer} can be dialed: {addrs[0]}: {reason}")
+        addrs = usable
         if not addrs:
             raise DialError(f"no address to dial for {peer}")
         errors: list[str] = []

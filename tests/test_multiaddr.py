@@ -109,3 +109,27 @@ def test_parsing_is_remembered_but_errors_are_not() -> None:
     for _ in range(2):
         with pytest.raises(MultiaddrError):
             Multiaddr.from_string("/ip4/300.0.0.1/tcp/1")
+
+
+@pytest.mark.parametrize(
+    ("text", "part"),
+    [
+        ("/ip4/127.0.0.1/tcp/4001/ws", "/ws is not supported yet"),
+        ("/ip4/127.0.0.1/tcp/4001/tls/ws", "/tls is not supported yet"),
+        ("/ip4/127.0.0.1/tcp/4001/wss/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
+         "/wss"),
+        ("/ip4/127.0.0.1/tcp/4001/http", "/http"),
+        ("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+         "/p2p-circuit", "circuit relay"),
+        ("/ip4/127.0.0.1/udp/4001/quic-v1", "not a TCP address"),
+    ],
+)  # fmt: skip
+def test_unsupported_parts_are_named(text: str, part: str) -> None:
+    reason = Multiaddr.from_string(text).unsupported_part()
+    assert reason is not None and part in reason
+
+
+def test_plain_tcp_addresses_are_supported() -> None:
+    peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+    for text in ("/ip4/1.2.3.4/tcp/1", "/dns4/example.test/tcp/1", f"/ip6/::1/tcp/1/p2p/{peer}"):
+        assert Multiaddr.from_string(text).unsupported_part() is None

@@ -239,6 +239,9 @@ async def dial(
     addr: Multiaddr, config: TransportConfig, on_inbound_stream: InboundStreamHandler
 ) -> Connection:
     """Connect to ``addr`` and upgrade; the remote must prove the /p2p id if the address has one."""
+    unsupported = addr.unsupported_part()
+    if unsupported is not None:
+        raise MultiaddrError(f"cannot dial {addr}: {unsupported}")
     host, port = addr.tcp_host_port()
     loop = asyncio.get_running_loop()
     try:
@@ -305,6 +308,9 @@ async def listen(
     """Listen on a TCP multiaddr; each upgraded connection is passed to ``on_connection``."""
     if addr.value_for("ip4") is None and addr.value_for("ip6") is None:
         raise MultiaddrError(f"can only listen on /ip4 or /ip6 TCP addresses, not {addr}")
+    unsupported = addr.without_peer_id().unsupported_part()
+    if unsupported is not None:
+        raise MultiaddrError(f"cannot listen on {addr}: {unsupported}")
     host, port = addr.tcp_host_port()
     loop = asyncio.get_running_loop()
     handshakes: set[asyncio.Task[None]] = set()

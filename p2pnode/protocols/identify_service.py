@@ -115,7 +115,7 @@ class IdentifyService:
 
     def _learn(self, peer: PeerId, info: IdentifyInfo) -> None:
         store = self._host.peer_store
-        usable = [a for a in info.listen_addrs if a.value_for("tcp") is not None]
+        usable = [a for a in info.listen_addrs if a.unsupported_part() is None]
         store.add_addrs(peer, usable, "identify", IDENTIFY_TTL)
         store.set_identify(peer, info.protocols, info.agent_version)
         for callback in self._subscribers:

@@ -289,6 +289,24 @@ class Multiaddr:
             return host, int(port)
         raise MultiaddrError(f"not a TCP address: {self} (expected /ip4|ip6|dns/<host>/tcp/<port>)")
 
+    def unsupported_part(self) -> str | None:
+        """Why p2pnode cannot use this address (plain TCP only), or None when it can.
+
+        Usable: ``/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT``, optionally ending in
+        ``/p2p/ID``. Anything else (``/ws``, ``/tls``, ``/p2p-circuit``, QUIC, ...)
+        is named in the answer.
+        """
+        try:
+            self.tcp_host_port()
+        except MultiaddrError:
+            return f"{self} is not a TCP address (/ip4|ip6|dns/HOST/tcp/PORT)"
+        rest = [name for name, _ in self._components[2:] if name != "p2p"]
+        if not rest:
+            return None
+        name = rest[0]
+        what = "relayed connections (circuit relay)" if name == "p2p-circuit" else "this transport"
+        return f"/{name} is not supported yet ({what}; p2pnode speaks plain TCP)"
+
     def is_wildcard(self) -> bool:
         """True for the unspecified addresses 0.0.0.0 and ::."""
         host = self.value_for("ip4") or self.value_for("ip6")

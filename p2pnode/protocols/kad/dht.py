@@ -478,7 +478,7 @@ class KadDHT:
 
 
 def _dialable(addrs: Sequence[Multiaddr]) -> tuple[Multiaddr, ...]:
-    return tuple(a for a in addrs if a.value_for("tcp") is not None)
+    return tuple(a for a in addrs if a.unsupported_part() is None)
 
 
 def _is_loopback(addr: Multiaddr) -> bool:
