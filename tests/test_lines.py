@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -111,6 +112,26 @@ def test_flush_reports_drops_that_no_later_line_carried(pipe: tuple[int, int]) -
     assert writer.flush(5.0)
     data += read_available(read_fd, b"dropped 1\n")
     assert data.decode().splitlines()[1:] == ["queued", "dropped 1"]
+
+
+def test_flush_waits_for_room_for_the_count_when_the_queue_is_full(
+    pipe: tuple[int, int],
+) -> None:
+    read_fd, write_fd = pipe
+    writer = line_writer(write_fd, max_lines=2, max_bytes=1 << 20)
+    writer.write("y" * 200_000)  # the thread blocks on it: the pipe holds 64 KiB
+    deadline = time.monotonic() + 5
+    while not writer._writing and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert writer.write("a") and writer.write("b")
+    assert not writer.write("lost")  # the queue is full when the flush starts
+    flushed: list[bool] = []
+    flusher = threading.Thread(target=lambda: flushed.append(writer.flush(5.0)))
+    flusher.start()
+    data = read_available(read_fd, b"dropped 1\n")  # the reader arrives only now
+    flusher.join(5.0)
+    assert flushed == [True]
+    assert data.decode().splitlines()[1:] == ["a", "b", "dropped 1"]
 
 
 def test_a_reader_gone_away_ends_output_quietly(pipe: tuple[int, int]) -> None:

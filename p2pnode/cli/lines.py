@@ -64,7 +64,7 @@ class LineWriter:
                 self._append(notice)
                 self._unreported = 0
             self._append(data)
-            self._cond.notify()
+            self._cond.notify_all()
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -74,12 +74,17 @@ class LineWriter:
         """
         deadline = time.monotonic() + timeout
         with self._cond:
-            if self._unreported and not self.closed:
+            while self._unreported and not self.closed:
                 notice = (self._dropped_notice(self._unreported) + "\n").encode()
                 if self._fits(len(notice), 1):
                     self._append(notice)
                     self._unreported = 0
-                    self._cond.notify()
+                    self._cond.notify_all()
+                    break
+                remaining = deadline - time.monotonic()  # wait for room: the count matters
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
             while (self._queue or self._writing) and not self.closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -107,6 +112,7 @@ class LineWriter:
                 data = self._queue.popleft()
                 self._queued_bytes -= len(data)
                 self._writing = True
+                self._cond.notify_all()  # a flush may be waiting for room
             if not self._write_all(data):
                 with self._cond:
                     self.closed = True
