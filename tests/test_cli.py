@@ -129,6 +129,7 @@ def test_timeout_exit_code(
         cli_env, "send-task", listening["addrs"][0], "x", "--kind", "slow", "--timeout", "0.5"
     )
     assert result.returncode == 5, result.stderr
+    assert "no result within --timeout 0.5s" in result.stderr
     try:  # the whole process group was killed: no reader is left on the fifo
         os.close(os.open(tmp_path / "release", os.O_WRONLY | os.O_NONBLOCK))
     except OSError as exc:

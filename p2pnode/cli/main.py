@@ -297,7 +297,18 @@ def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: boo
 @click.argument("task_input", metavar="INPUT")
 @click.option("--kind", default="default", show_default=True, help="Which handler on the peer.")
 @click.option(
-    "--timeout", type=Seconds(), default=30.0, show_default=True, help="Seconds for the task."
+    "--timeout",
+    type=Seconds(),
+    default=30.0,
+    show_default=True,
+    help="Seconds for the whole command: finding the peer, connecting and the task.",
+)
+@click.option(
+    "--connect-timeout",
+    type=Seconds(),
+    default=10.0,
+    show_default=True,
+    help="Seconds for finding and connecting to the peer (within --timeout).",
 )
 @identity_option
 @click.option("--ephemeral", is_flag=True, help="Use a fresh identity instead of the key file.")
@@ -317,6 +328,7 @@ def send_task_command(
     task_input: str,
     kind: str,
     timeout: float,
+    connect_timeout: float,
     identity_path: str | None,
     ephemeral: bool,
     muxer: str,
@@ -346,6 +358,7 @@ def send_task_command(
             text,
             kind=kind,
             timeout=timeout,
+            connect_timeout=connect_timeout,
             muxers=MUXER_CHOICES[muxer],
             use_cache=not no_cache,
             dht=dht_config(bootstrap, dht_protocol) if bootstrap or any_kind else None,

@@ -7,10 +7,18 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from p2pnode.errors import DialError, DiscoveryError, LocalProtocolError, MultiaddrError, P2PError
+from p2pnode.errors import (
+    DialError,
+    DiscoveryError,
+    LocalProtocolError,
+    MultiaddrError,
+    P2PError,
+    P2PTimeoutError,
+)
 from p2pnode.node import Node, NodeConfig
 from p2pnode.protocols.kad.dht import DhtConfig
 from p2pnode.protocols.task.client import send_task
+from p2pnode.protocols.task.messages import TaskTimeoutError
 from p2pnode.routing.mdns import DiscoveredPeer, MdnsDiscovery, PeerDiscovered
 from p2pnode.routing.router import ConnectTrace
 from p2pnode.wire.identity import Identity, PeerId
@@ -33,6 +41,7 @@ async def send_task_cli(
     *,
     kind: str,
     timeout: float,
+    connect_timeout: float | None = None,
     muxers: tuple[str, ...],
     use_cache: bool,
     dht: DhtConfig | None = None,
@@ -40,7 +49,9 @@ async def send_task_cli(
 ) -> None:
     """``p2pnode send-task``: resolve, connect, send, print the output (or all of it as JSON).
 
-    With ``any_kind``, ``target`` is a task kind and the peer is one the DHT lists for it.
+    ``timeout`` bounds the whole command; finding and connecting to the peer also end
+    after ``connect_timeout``. With ``any_kind``, ``target`` is a task kind and the peer
+    is one the DHT lists for it.
     """
     started = time.perf_counter()
     provider_ms = 0.0
@@ -52,17 +63,32 @@ async def send_task_cli(
     config = NodeConfig(muxers=muxers, keepalive_interval=None, peer_routing=routing, dht=dht)
     node = Node(identity, config)
     trace = ConnectTrace()
+    budget = _Budget(timeout, connect_timeout)
     try:
-        if node.dht is not None:
-            await node.dht.start()
-            await node.dht.bootstrap()
-        if any_kind:
-            found_at = time.perf_counter()
-            target = str(await _any_provider(node, kind, timeout))
-            provider_ms = _ms(time.perf_counter() - found_at)
-        conn = await node.connect(target, timeout=timeout, trace=trace)
+        try:
+            async with asyncio.timeout(budget.connect_left()) as connecting:
+                if node.dht is not None:
+                    budget.phase = "joining the DHT"
+                    await node.dht.start()
+                    await node.dht.bootstrap()
+                if any_kind:
+                    budget.phase = f"looking up providers of {kind!r} in the DHT"
+                    found_at = time.perf_counter()
+                    target = str(await _any_provider(node, kind, budget.connect_left()))
+                    provider_ms = _ms(time.perf_counter() - found_at)
+                budget.phase = f"connecting to {target}"
+                conn = await node.connect(target, trace=trace)
+        except TimeoutError:
+            if not connecting.expired():
+                raise  # a timeout of its own (a handshake, a lookup) says what it was
+            raise budget.expired(connecting=True) from None
         sent = time.perf_counter()
-        result = await send_task(node, conn.remote_peer, text, kind=kind, timeout=timeout)
+        try:
+            result = await send_task(node, conn.remote_peer, text, kind=kind, timeout=budget.left())
+        except TaskTimeoutError as exc:
+            raise TaskTimeoutError(
+                exc.code, f"task {exc.task_id}: {budget.expired(connecting=False)}", exc.task_id
+            ) from None
         round_trip = time.perf_counter() - sent
     finally:
         await node.stop()
@@ -90,6 +116,41 @@ async def send_task_cli(
         output = result.output
         sys.stdout.write(output if output.endswith("\n") else output + "\n")
         sys.stdout.flush()
+
+
+class _Budget:
+    """The time one ``send-task`` has: ``total`` for all of it, ``connect`` for connecting."""
+
+    def __init__(self, total: float, connect: float | None) -> None:
+        self.total = total
+        self.connect = connect
+        self.deadline = time.monotonic() + total
+        self.phase = "starting"
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def connect_left(self) -> float:
+        left = self.left()
+        return left if self.connect is None else min(left, self.connect)
+
+    def expired(self, *, connecting: bool) -> P2PTimeoutError:
+        """The error for running out of time in the current phase, naming the option."""
+        if connecting and self.connect is not None and self.connect < self.total:
+            limit = f"--connect-timeout {self.connect:g}s"
+            if self.left() <= 0:
+                limit = f"--timeout {self.total:g}s"
+        else:
+            limit = f"--timeout {self.total:g}s"
+        if connecting:
+            return P2PTimeoutError(
+                f"no connection within {limit} while {self.phase}: "
+                "check that the peer is running and reachable, or allow more time"
+            )
+        return P2PTimeoutError(
+            f"no result within {limit}: the task may still be running on the peer; "
+            "allow more time with --timeout"
+        )
 
 
 async def _any_provider(node: Node, kind: str, timeout: float) -> PeerId:
