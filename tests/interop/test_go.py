@@ -177,6 +177,13 @@ async def go_peers(go: P2pd) -> dict[PeerId, list[str]]:
     }
 
 
+async def go_sees(go: P2pd, peer: PeerId) -> None:
+    """Wait until go lists ``peer``: go registers a connection a moment after we have it."""
+    async with asyncio.timeout(TIMEOUT):
+        while peer not in await go_peers(go):
+            await asyncio.sleep(0.01)
+
+
 async def read_frame(stream: Stream, limit: int = 1 << 20) -> bytes:
     """One uvarint-length-prefixed message from a p2pnode Stream."""
     size = shift = 0
@@ -218,6 +225,7 @@ async def test_p2pnode_dials_go(go: P2pd, py: P2pnodeSide) -> None:
 
 async def test_go_disconnect_closes_p2pnode_connection(go: P2pd, py: P2pnodeSide) -> None:
     await py.node.dial(go_addr(go))
+    await go_sees(go, py.node.peer_id)  # else the disconnect may come before go has it
     await go.disconnect(py.node.peer_id.to_bytes())
     await py.events.next("disconnected", go_peer(go))
     assert py.node.connections(go_peer(go)) == []
