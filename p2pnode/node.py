@@ -64,6 +64,9 @@ class NodeConfig:
     """Tunables of a node; the defaults suit most uses."""
 
     muxers: Sequence[str] = ("yamux", "mplex")
+    # choose the muxer inside the Noise handshake when the peer offers it too (one round
+    # trip less per connection); off: always multistream-select after the handshake
+    inline_muxer_negotiation: bool = True
     handshake_timeout: float = 10.0
     negotiation_timeout: float = 10.0
     keepalive_interval: float | None = 30.0
@@ -94,6 +97,7 @@ class Node:
         self._transport_config = TransportConfig(
             identity=identity,
             muxers=tuple(MUXERS[m] for m in self.config.muxers),
+            inline_muxer_negotiation=self.config.inline_muxer_negotiation,
             handshake_timeout=self.config.handshake_timeout,
             keepalive_interval=self.config.keepalive_interval,
             limits=self.config.limits,

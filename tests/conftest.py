@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from p2pnode.demo.netns import Host, two_hosts
+from p2pnode.net.connection import Connection
 from p2pnode.node import Node, NodeConfig
-from p2pnode.wire.identity import Identity
+from p2pnode.wire.identity import Identity, PeerId
 
 from .netns import require_netns
 
@@ -33,6 +35,16 @@ async def client() -> AsyncIterator[Node]:
     node = await start_node()
     yield node
     await node.stop()
+
+
+async def inbound_connection(server: Node, peer: PeerId, timeout: float = 10) -> Connection:
+    """The listener's side of a connection ``peer`` dialed: with the muxer chosen in the
+    Noise handshake, the dialer is done half a round trip before the listener."""
+    async with asyncio.timeout(timeout):
+        while not server.connections(peer):
+            await asyncio.sleep(0.001)
+    (conn,) = server.connections(peer)
+    return conn
 
 
 def addr_of(node: Node) -> str:

@@ -12,7 +12,7 @@ from p2pnode import Node, StreamResetError
 from p2pnode.net import connection as connection_module
 from p2pnode.wire.yamux import Flag, FrameType, encode_header
 
-from .conftest import addr_of, start_node
+from .conftest import addr_of, inbound_connection, start_node
 
 
 async def test_a_peer_that_sends_but_never_reads_is_paused_then_dropped(
@@ -21,7 +21,7 @@ async def test_a_peer_that_sends_but_never_reads_is_paused_then_dropped(
     monkeypatch.setattr(connection_module, "STALL_TIMEOUT", 0.5)
     conn = await client.dial(addr_of(server))
     conn._transport.pause_reading()  # the attacker never reads what the server answers
-    (server_conn,) = server.connections(client.peer_id)
+    server_conn = await inbound_connection(server, client.peer_id)
     limit = connection_module.MAX_UNSENT + 4 * connection_module.WRITE_BUFFER_HIGH
     next_id = 1001
     async with asyncio.timeout(60):

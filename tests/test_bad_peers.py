@@ -103,15 +103,22 @@ class ForgingIdentity(Identity):
         return Identity.generate().sign(data)
 
 
-async def test_bad_handshake_signature(watched_server: tuple[Node, list]) -> None:
+@pytest.mark.parametrize("inline", [True, False])
+async def test_bad_handshake_signature(watched_server: tuple[Node, list], inline: bool) -> None:
     node, events = watched_server
     forger = ForgingIdentity.from_private_key_protobuf(
         Identity.generate().to_private_key_protobuf()
     )
-    client = Node(forger)
+    client = Node(forger, NodeConfig(inline_muxer_negotiation=inline))
     try:
-        with pytest.raises(HandshakeError):
-            await client.dial(addr_of(node))
+        if inline:
+            # the dialer is done with message 3, the listener refuses it: the connection
+            # closes before any stream gets through
+            conn = await client.dial(addr_of(node))
+            await asyncio.wait_for(conn.wait_closed(), 10)
+        else:  # the dialer waits for multistream's answer, which never comes
+            with pytest.raises(HandshakeError):
+                await client.dial(addr_of(node))
     finally:
         await client.stop()
     await assert_still_serves(node)

@@ -13,6 +13,7 @@ from p2pnode.wire.identity import Identity
 from p2pnode.wire.noise import (
     MAX_PLAINTEXT,
     SIGNATURE_PREFIX,
+    HandshakePayload,
     NoiseHandshake,
     NoiseStaticKey,
     NoiseTransport,
@@ -100,9 +101,11 @@ def test_tampered_handshake_message_is_refused() -> None:
 
 
 def test_payload_encoding_and_missing_fields() -> None:
-    assert decode_payload(encode_payload(b"key", b"sig")) == (b"key", b"sig")
+    assert decode_payload(encode_payload(b"key", b"sig")) == HandshakePayload(b"key", b"sig")
     # Unknown extension fields (4) are ignored.
-    assert decode_payload(encode_payload(b"k", b"s") + b"\x22\x02\x0a\x00") == (b"k", b"s")
+    assert decode_payload(encode_payload(b"k", b"s") + b"\x22\x02\x0a\x00") == HandshakePayload(
+        b"k", b"s"
+    )
     with pytest.raises(HandshakeError, match="lacks"):
         decode_payload(b"\x0a\x01k")
     assert SIGNATURE_PREFIX == b"noise-libp2p-static-key:"

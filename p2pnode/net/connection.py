@@ -99,6 +99,7 @@ class Connection(asyncio.BufferedProtocol):
         self.local_addr = local_addr
         self.is_initiator = is_initiator
         self.muxer_protocol = muxer.protocol_id
+        self.muxer_in_handshake = False  # chosen inside Noise, not by multistream-select
         self.opened_at = time.monotonic()
         self._on_inbound_stream = on_inbound_stream
         self._streams: dict[int, Stream] = {}

@@ -1,9 +1,11 @@
-"""TCP transport and the connection upgrade: multistream -> Noise -> multistream -> muxer.
+"""TCP transport and the connection upgrade: multistream -> Noise -> muxer.
 
 Every step is a sans-I/O state machine; this module only moves their bytes
 over an asyncio transport and enforces the handshake timeout. Messages of
-consecutive steps are pipelined where the protocols allow it, so a dial costs
-TCP's handshake plus two round trips.
+consecutive steps are pipelined where the protocols allow it, and the muxer is
+chosen inside the Noise handshake, so a dial costs TCP's handshake plus one round
+trip. With a peer that does not offer muxers in the handshake, multistream-select
+chooses it afterwards (one more round trip).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class TransportConfig:
 
     identity: Identity
     muxers: Sequence[str] = (YAMUX_ID, MPLEX_ID)
+    # offer the muxers inside the Noise handshake, saving multistream-select's round trip
+    inline_muxer_negotiation: bool = True
     handshake_timeout: float = 10.0
     keepalive_interval: float | None = 30.0
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
@@ -63,6 +67,11 @@ class TransportConfig:
                 self.yamux, max_inbound_streams=self.limits.max_inbound_streams
             )
 
+    @property
+    def handshake_muxers(self) -> Sequence[str]:
+        """The muxers to list in the Noise handshake (none when inlining is off)."""
+        return self.muxers if self.inline_muxer_negotiation else ()
+
     def make_muxer(self, protocol_id: str, *, is_initiator: bool) -> MuxerSession:
         if protocol_id == YAMUX_ID:
             return YamuxSession(is_client=is_initiator, config=self.yamux)
@@ -77,6 +86,7 @@ class _Upgraded:
     remote_peer: PeerId
     muxer_id: str
     early_plaintext: bytes
+    muxer_in_handshake: bool = False
 
 
 class _HandshakeProtocol(asyncio.Protocol):
@@ -155,7 +165,12 @@ async def _negotiate_security_dialer(
 ) -> _Upgraded:
     """Dialer side of the upgrade."""
     security = MultistreamDialer([NOISE_ID], optimistic=True)
-    noise = NoiseHandshake(config.noise_key, initiator=True, expected_peer=expected_peer)
+    noise = NoiseHandshake(
+        config.noise_key,
+        initiator=True,
+        expected_peer=expected_peer,
+        muxers=config.handshake_muxers,
+    )
     raw.write(security.initial_bytes() + noise.start())
     while not security.done:
         security.receive_data(await raw.receive())
@@ -165,6 +180,10 @@ async def _negotiate_security_dialer(
         final_message = noise.receive_data(pending or await raw.receive())
         pending = b""
     secure = noise.transport()
+    if noise.muxer is not None:  # chosen in the handshake: streams may start at once
+        raw.write(final_message)
+        early = bytes(secure.receive_data(b""))
+        return _Upgraded(secure, noise.remote_peer, noise.muxer, early, muxer_in_handshake=True)
     muxer_select = MultistreamDialer(list(config.muxers))
     raw.write(final_message + secure.encrypt(muxer_select.initial_bytes()))
     return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
@@ -180,13 +199,16 @@ async def _negotiate_security_listener(
         if reply:
             raw.write(reply)
     pending = security.leftover()
-    noise = NoiseHandshake(config.noise_key, initiator=False)
+    noise = NoiseHandshake(config.noise_key, initiator=False, muxers=config.handshake_muxers)
     while not noise.complete:
         reply = noise.receive_data(pending or await raw.receive())
         pending = b""
         if reply:
             raw.write(reply)
     secure = noise.transport()
+    if noise.muxer is not None:
+        early = bytes(secure.receive_data(b""))
+        return _Upgraded(secure, noise.remote_peer, noise.muxer, early, muxer_in_handshake=True)
     muxer_select = MultistreamListener(list(config.muxers))
     return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
 
@@ -231,6 +253,7 @@ async def upgrade(
         on_inbound_stream=on_inbound_stream,
         keepalive_interval=config.keepalive_interval,
     )
+    conn.muxer_in_handshake = done.muxer_in_handshake
     conn.start(done.early_plaintext)
     return conn
 

@@ -6,11 +6,20 @@ message framed by a 2-byte big-endian length. Messages 2 and 3 carry a protobuf
 ``"noise-libp2p-static-key:" + its Noise static key``, which binds the encrypted
 channel to the PeerId. After the handshake, transport messages are encrypted with
 ChaCha20-Poly1305 from ``cryptography`` directly (the fast path).
+
+Muxer negotiation can ride in the handshake (specs: ``connections/inlined-muxer-negotiation.md``):
+the payload's ``extensions`` (field 4) carry ``stream_muxers`` (field 2, repeated string);
+the responder lists its muxers in message 2, the initiator in message 3, and both pick
+the first muxer of the initiator's list that the responder also lists. A side that sends
+no list makes both fall back to multistream-select after the handshake; two lists with
+nothing in common fail it.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -31,7 +40,19 @@ _LENGTH = struct.Struct(">H")
 _NONCE = struct.Struct("<4xQ")  # 32 zero bits, then the 64-bit counter, little-endian
 _MAX_NONCE = 2**64 - 1
 
+_EXTENSIONS_FIELD = 4  # NoiseHandshakePayload.extensions
+_STREAM_MUXERS_FIELD = 2  # NoiseExtensions.stream_muxers
+
 Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakePayload:
+    """A decoded ``NoiseHandshakePayload``: the identity key, its signature, the muxers."""
+
+    identity_key: bytes
+    signature: bytes
+    stream_muxers: tuple[str, ...] = ()  # empty: the sender did not offer any
 
 
 def encode_payload(identity_key: bytes, signature: bytes) -> bytes:
@@ -39,21 +60,62 @@ def encode_payload(identity_key: bytes, signature: bytes) -> bytes:
     return encode_bytes_field(1, identity_key) + encode_bytes_field(2, signature)
 
 
-def decode_payload(data: bytes) -> tuple[bytes, bytes]:
-    """``(identity_key, identity_sig)`` of a ``NoiseHandshakePayload``; extensions are ignored."""
+def encode_muxer_extensions(muxers: Sequence[str]) -> bytes:
+    """The ``extensions`` field listing ``muxers`` (to append to a payload); b"" for none."""
+    if not muxers:
+        return b""
+    listed = b"".join(encode_bytes_field(_STREAM_MUXERS_FIELD, muxer) for muxer in muxers)
+    return encode_bytes_field(_EXTENSIONS_FIELD, listed)
+
+
+def decode_payload(data: bytes) -> HandshakePayload:
+    """Decode a ``NoiseHandshakePayload``; unknown fields and extensions are ignored."""
     key = sig = b""
+    muxers: list[str] = []
     try:
         for number, wire_type, value in iter_fields(data):
-            if wire_type == LENGTH_DELIMITED and isinstance(value, bytes):
-                if number == 1:
-                    key = value
-                elif number == 2:
-                    sig = value
+            if wire_type != LENGTH_DELIMITED or not isinstance(value, bytes):
+                continue
+            if number == 1:
+                key = value
+            elif number == 2:
+                sig = value
+            elif number == _EXTENSIONS_FIELD:
+                muxers.extend(_decode_stream_muxers(value))
     except DecodeError as exc:
         raise HandshakeError(f"malformed Noise handshake payload: {exc}") from None
     if not key or not sig:
         raise HandshakeError("Noise handshake payload lacks the identity key or its signature")
-    return key, sig
+    return HandshakePayload(key, sig, tuple(muxers))
+
+
+def _decode_stream_muxers(extensions: bytes) -> list[str]:
+    muxers = []
+    for number, wire_type, value in iter_fields(extensions):
+        if number == _STREAM_MUXERS_FIELD and wire_type == LENGTH_DELIMITED:
+            assert isinstance(value, bytes)
+            try:
+                muxers.append(value.decode())
+            except UnicodeDecodeError:
+                raise DecodeError("a stream muxer name is not valid UTF-8") from None
+    return muxers
+
+
+def choose_muxer(initiator_muxers: Sequence[str], responder_muxers: Sequence[str]) -> str | None:
+    """The muxer both sides pick: the initiator's first that the responder lists too.
+
+    None when either list is empty (negotiate with multistream-select instead); a
+    :class:`HandshakeError` when both offered muxers but none in common.
+    """
+    if not initiator_muxers or not responder_muxers:
+        return None
+    for muxer in initiator_muxers:
+        if muxer in responder_muxers:
+            return muxer
+    raise HandshakeError(
+        f"no stream muxer in common: the dialer offers {', '.join(initiator_muxers)}, "
+        f"the listener {', '.join(responder_muxers)}; enable a common muxer on one side"
+    )
 
 
 class NoiseStaticKey:
@@ -79,7 +141,9 @@ class NoiseHandshake:
     """One side of the XX handshake; becomes ``complete`` once the peer is authenticated.
 
     ``identity`` is an :class:`Identity` (a fresh static key for this handshake) or a
-    :class:`NoiseStaticKey` made from one (the key is reused).
+    :class:`NoiseStaticKey` made from one (the key is reused). ``muxers``, in order of
+    preference, are offered in the handshake; once complete, :attr:`muxer` is the one
+    chosen there, or None when multistream-select has to choose.
     """
 
     def __init__(
@@ -88,13 +152,15 @@ class NoiseHandshake:
         *,
         initiator: bool,
         expected_peer: PeerId | None = None,
+        muxers: Sequence[str] = (),
     ) -> None:
         # noiseprotocol (and the serialization package it loads, ~30 ms together) is
         # imported by the first handshake, not by every process that imports p2pnode
         from noise.connection import Keypair, NoiseConnection
 
         static = identity if isinstance(identity, NoiseStaticKey) else NoiseStaticKey(identity)
-        self._payload = static.payload
+        self._identity_payload = static.payload
+        self._muxers = tuple(muxers)
         self._noise = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
         if initiator:
             self._noise.set_as_initiator()
@@ -109,6 +175,8 @@ class NoiseHandshake:
         self._complete = False
         self._remote_key: PublicKey | None = None
         self.remote_static_key = b""  # the peer's Noise static key, once authenticated
+        self.remote_muxers: tuple[str, ...] = ()  # what the peer offered in the handshake
+        self.muxer: str | None = None  # chosen in the handshake; None: use multistream
 
     @property
     def complete(self) -> bool:
@@ -155,17 +223,25 @@ class NoiseHandshake:
         self._messages_read += 1
         if self._initiator:  # message 2: the responder's identity; answer with message 3
             self._authenticate(payload, state.rs.public_bytes)
-            reply = self._frame(self._noise.write_message(self._payload))
+            self.muxer = choose_muxer(self._muxers, self.remote_muxers)
+            # Send only the chosen muxer (the spec allows it): then even a responder that
+            # would pick by its own order of preference cannot pick another one.
+            offer = (self.muxer,) if self.muxer is not None else self._muxers
+            message3 = self._identity_payload + encode_muxer_extensions(offer)
+            reply = self._frame(self._noise.write_message(message3))
             self._complete = True
             return reply
         if self._messages_read == 1:  # message 1: only an ephemeral key
-            return self._frame(self._noise.write_message(self._payload))
+            message2 = self._identity_payload + encode_muxer_extensions(self._muxers)
+            return self._frame(self._noise.write_message(message2))
         self._authenticate(payload, state.rs.public_bytes)  # message 3
+        self.muxer = choose_muxer(self.remote_muxers, self._muxers)
         self._complete = True
         return b""
 
     def _authenticate(self, payload: bytes, remote_static: bytes) -> None:
-        key_bytes, signature = decode_payload(payload)
+        decoded = decode_payload(payload)
+        key_bytes, signature = decoded.identity_key, decoded.signature
         try:
             key = PublicKey.from_protobuf(key_bytes)
         except IdentityError as exc:
@@ -183,6 +259,7 @@ class NoiseHandshake:
             )
         self._remote_key = key
         self.remote_static_key = bytes(remote_static)
+        self.remote_muxers = decoded.stream_muxers
 
     @staticmethod
     def _frame(message: bytes) -> bytes:

@@ -28,7 +28,16 @@ from pathlib import Path
 
 import pytest
 
-from p2pnode import EchoHandler, Identity, Multiaddr, Node, PeerId, Stream, TaskServer
+from p2pnode import (
+    EchoHandler,
+    Identity,
+    Multiaddr,
+    Node,
+    NodeConfig,
+    PeerId,
+    Stream,
+    TaskServer,
+)
 
 from .p2pd import P2pd, StreamInfo, encode_uvarint, read_delimited, require_p2pd
 
@@ -211,6 +220,7 @@ async def test_go_dials_p2pnode(go: P2pd, py: P2pnodeSide) -> None:
     await go_dials(go, py)
     conns = py.node.connections(go_peer(go))
     assert len(conns) == 1 and conns[0].muxer_protocol == YAMUX
+    assert conns[0].muxer_in_handshake  # go chose yamux inside Noise, no multistream
     # Noise proved our identity to go: it lists our PeerId, at the address it dialed.
     peers = await go_peers(go)
     assert peers.get(py.node.peer_id) == [str(py.addr)], peers
@@ -219,8 +229,34 @@ async def test_go_dials_p2pnode(go: P2pd, py: P2pnodeSide) -> None:
 async def test_p2pnode_dials_go(go: P2pd, py: P2pnodeSide) -> None:
     conn = await py.node.dial(go_addr(go))
     assert conn.remote_peer == go_peer(go)
-    assert conn.muxer_protocol == YAMUX
+    assert conn.muxer_protocol == YAMUX and conn.muxer_in_handshake
     assert py.node.peer_id in await go_peers(go)
+
+
+@pytest.mark.parametrize("direction", ["p2pnode dials", "go dials"])
+async def test_muxer_without_inlining_is_negotiated_with_go_by_multistream(
+    go: P2pd, direction: str
+) -> None:
+    node = await Node.start(
+        Identity.generate(),
+        ["/ip4/127.0.0.1/tcp/0"],
+        NodeConfig(inline_muxer_negotiation=False),
+    )
+    try:
+        if direction == "p2pnode dials":
+            conn = await node.dial(go_addr(go))
+        else:
+            await go.connect(
+                node.peer_id.to_bytes(), [node.listen_addrs[0].to_bytes()], timeout=TIMEOUT
+            )
+            async with asyncio.timeout(TIMEOUT):  # go may finish before we register it
+                while not node.connections(go_peer(go)):
+                    await asyncio.sleep(0.01)
+            (conn,) = node.connections(go_peer(go))
+        assert conn.muxer_protocol == YAMUX and not conn.muxer_in_handshake
+        assert len(await asyncio.wait_for(node.ping(go_peer(go), count=2), TIMEOUT)) == 2
+    finally:
+        await node.stop()
 
 
 async def test_go_disconnect_closes_p2pnode_connection(go: P2pd, py: P2pnodeSide) -> None:

@@ -1,7 +1,7 @@
 // js-libp2p test peer for p2pnode's interop tests. Every stdout line is one JSON object.
 //
-//   node peer.mjs listen [--muxer yamux|mplex|both] [--mdns] [--port N]
-//                        [--task-style one-message|eof]
+//   node peer.mjs listen [--muxer yamux|mplex|both|mplex-first] [--no-inline-muxer]
+//                        [--mdns] [--port N] [--task-style one-message|eof]
 //   node peer.mjs dial <multiaddr> <action> [--muxer ...] [action options]
 //     actions: ping [--count N] | identify | echo --size N --streams K
 //              | bulk-send --size N | bulk-recv --size N
@@ -301,7 +301,25 @@ const mplexMuxer = () => mplex({ disconnectThreshold: 1000 })
 function muxersFor (choice) {
   if (choice === 'yamux') return [yamux()]
   if (choice === 'mplex') return [mplexMuxer()]
+  if (choice === 'mplex-first') return [mplexMuxer(), yamux()]
   return [yamux(), mplexMuxer()]
+}
+
+// --no-inline-muxer: Noise neither offers nor picks a muxer (as js-libp2p did before
+// @chainsafe/libp2p-noise 16.1), so the muxer is chosen by multistream-select afterwards.
+function encrypterFor (options) {
+  if (!options['no-inline-muxer']) return noise()
+  const plain = noise()
+  return (components) => {
+    const encrypter = plain(components)
+    const skip = (opts) => ({ ...opts, skipStreamMuxerNegotiation: true })
+    return {
+      protocol: encrypter.protocol,
+      [Symbol.toStringTag]: 'noise-without-inlined-muxer',
+      secureInbound: (connection, opts) => encrypter.secureInbound(connection, skip(opts)),
+      secureOutbound: (connection, opts) => encrypter.secureOutbound(connection, skip(opts))
+    }
+  }
 }
 
 async function createNode (options, listenAddrs) {
@@ -313,7 +331,7 @@ async function createNode (options, listenAddrs) {
   return await createLibp2p({
     addresses: { listen: listenAddrs },
     transports: [tcp()],
-    connectionEncrypters: [noise()],
+    connectionEncrypters: [encrypterFor(options)],
     streamMuxers: muxersFor(options.muxer ?? 'both'),
     peerDiscovery,
     nodeInfo: { userAgent: 'js-libp2p-interop/1.0' },
@@ -391,7 +409,7 @@ async function dial (addr, action, options) {
         ])
         return Buffer.compare(Buffer.from(echoed), payload) === 0
       }))
-      out({ event: 'echo', streams, ok: results.every(Boolean) })
+      out({ event: 'echo', streams, ok: results.every(Boolean), muxer: connection.multiplexer ?? null })
     } else if (action === 'bulk-send' || action === 'bulk-recv') {
       const size = Number(options.size)
       const started = performance.now()
