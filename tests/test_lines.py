@@ -134,6 +134,38 @@ def test_flush_waits_for_room_for_the_count_when_the_queue_is_full(
     assert data.decode().splitlines()[1:] == ["a", "b", "dropped 1"]
 
 
+def test_a_last_line_waits_for_room_and_comes_after_the_count(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    writer = line_writer(write_fd, max_lines=2, max_bytes=1 << 20)
+    writer.write("y" * 200_000)  # the thread blocks on it: the pipe holds 64 KiB
+    deadline = time.monotonic() + 5
+    while not writer._writing and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert writer.write("a") and writer.write("b")
+    assert not writer.write("lost")  # dropped at once: the queue is full
+    written: list[bool] = []
+    last = threading.Thread(target=lambda: written.append(writer.write("stopped", wait=5.0)))
+    last.start()
+    data = read_available(read_fd, b"stopped\n")  # the reader arrives only now
+    last.join(5.0)
+    assert written == [True]
+    assert data.decode().splitlines()[1:] == ["a", "b", "dropped 1", "stopped"]
+
+
+def test_a_last_line_is_dropped_when_no_room_comes_in_time(pipe: tuple[int, int]) -> None:
+    _, write_fd = pipe
+    writer = line_writer(write_fd, max_lines=1, max_bytes=1 << 20)
+    writer.write("y" * 200_000)
+    deadline = time.monotonic() + 5
+    while not writer._writing and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert writer.write("a")
+    started = time.monotonic()
+    assert not writer.write("stopped", wait=0.2)  # nobody reads: the wait is bounded
+    assert time.monotonic() - started >= 0.2
+    assert writer.dropped == 1
+
+
 def test_a_reader_gone_away_ends_output_quietly(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     writer = line_writer(write_fd)

@@ -47,19 +47,29 @@ class LineWriter:
         self._thread = threading.Thread(target=self._run, name=f"p2pnode-lines-{fd}", daemon=True)
         self._thread.start()
 
-    def write(self, line: str) -> bool:
-        """Queue one line (without its newline); False when it was dropped."""
+    def write(self, line: str, *, wait: float = 0.0) -> bool:
+        """Queue one line (without its newline); False when it was dropped.
+
+        A full queue drops the line at once, unless ``wait`` > 0: then the caller waits
+        up to ``wait`` seconds for room (for a last line at exit, never on the loop).
+        """
         data = (line + "\n").encode("utf-8", "replace")
+        deadline = time.monotonic() + wait
         with self._cond:
-            if self.closed:
-                return False
-            notice = b""
-            if self._unreported:
-                notice = (self._dropped_notice(self._unreported) + "\n").encode()
-            if not self._fits(len(notice) + len(data), 2 if notice else 1):
-                self._unreported += 1
-                self.dropped += 1
-                return False
+            while True:
+                if self.closed:
+                    return False
+                notice = b""
+                if self._unreported:
+                    notice = (self._dropped_notice(self._unreported) + "\n").encode()
+                if self._fits(len(notice) + len(data), 2 if notice else 1):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._unreported += 1
+                    self.dropped += 1
+                    return False
+                self._cond.wait(remaining)
             if notice:
                 self._append(notice)
                 self._unreported = 0

@@ -86,12 +86,20 @@ class Output:
     def emit(self, event: str, human: str, **fields: Any) -> None:
         self.line(json.dumps({"event": event, **fields}) if self.as_json else human)
 
-    def line(self, text: str) -> None:
-        """One line on stdout."""
+    def line(self, text: str, *, wait: float = 0.0) -> None:
+        """One line on stdout; ``wait``: seconds to wait for room rather than drop it."""
         if self.stdout is not None:
-            self.stdout.write(text)
+            self.stdout.write(text, wait=wait)
         else:
             _print_quietly(text, sys.stdout)
+
+    def final(self, event: str, human: str, **fields: Any) -> None:
+        """The last event of a command (e.g. ``stopped``): when stdout is slow it is not
+        dropped; the process waits up to ``EXIT_FLUSH_TIMEOUT`` for room instead."""
+        from p2pnode.cli.lines import EXIT_FLUSH_TIMEOUT
+
+        text = json.dumps({"event": event, **fields}) if self.as_json else human
+        self.line(text, wait=EXIT_FLUSH_TIMEOUT)
 
     def warn(self, message: str, /, **fields: Any) -> None:
         """A warning: a ``warning`` event with ``--json``, else one line on stderr."""

@@ -257,4 +257,4 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
             f"stopped at once by a second signal ({forced_stop} running tasks were cancelled)",
             EXIT_INTERRUPTED,
         )
-    out.emit("stopped", "stopped")
+    out.final("stopped", "stopped")
