@@ -7,57 +7,85 @@ cores: keys, multiaddrs, multistream, Noise, yamux, mplex), :mod:`p2pnode.net`
 (ping, identify, tasks), and the :class:`Node` that composes them.
 """
 
-from p2pnode.errors import (
-    ConnectionClosedError,
-    DecodeError,
-    DialError,
-    DiscoveryError,
-    HandshakeError,
-    IdentityError,
-    LocalProtocolError,
-    MultiaddrError,
-    MuxerError,
-    NegotiationError,
-    P2PError,
-    P2PTimeoutError,
-    PeerIdMismatchError,
-    ProtocolNotSupportedError,
-    RemoteProtocolError,
-    StreamClosedError,
-    StreamResetError,
-)
-from p2pnode.net.connection import Connection
-from p2pnode.net.stream import Stream
-from p2pnode.node import AGENT_VERSION, ConnectionEvent, Node, NodeConfig
-from p2pnode.wire.identity import Identity, PeerId, PublicKey
-from p2pnode.wire.multiaddr import Multiaddr
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# The task protocol's names, imported on first use so that `import p2pnode` stays light.
-_TASK_NAMES = frozenset(
-    {
-        "EchoHandler",
-        "ExecHandler",
-        "PythonHandler",
-        "TaskError",
-        "TaskFailedError",
-        "TaskRefusedError",
-        "TaskRequest",
-        "TaskResult",
-        "TaskServer",
-        "TaskTimeoutError",
-        "send_task",
-    }
+# Every name is imported on first use, so that `import p2pnode.cli` (and `p2pnode --help`)
+# does not pay for asyncio, cryptography and the whole stack.
+_ERRORS = (
+    "ConnectionClosedError DecodeError DialError DiscoveryError HandshakeError IdentityError "
+    "LocalProtocolError MultiaddrError MuxerError NegotiationError P2PError P2PTimeoutError "
+    "PeerIdMismatchError ProtocolNotSupportedError RemoteProtocolError StreamClosedError "
+    "StreamResetError"
 )
+_TASK = (
+    "EchoHandler ExecHandler PythonHandler TaskError TaskFailedError TaskRefusedError "
+    "TaskRequest TaskResult TaskServer TaskTimeoutError send_task"
+)
+_HOMES = {
+    **dict.fromkeys(_ERRORS.split(), "p2pnode.errors"),
+    **dict.fromkeys(_TASK.split(), "p2pnode.protocols.task"),
+    "Connection": "p2pnode.net.connection",
+    "Stream": "p2pnode.net.stream",
+    **dict.fromkeys(("AGENT_VERSION", "ConnectionEvent", "Node", "NodeConfig"), "p2pnode.node"),
+    **dict.fromkeys(("Identity", "PeerId", "PublicKey"), "p2pnode.wire.identity"),
+    "Multiaddr": "p2pnode.wire.multiaddr",
+}
+
+if TYPE_CHECKING:
+    from p2pnode.errors import (
+        ConnectionClosedError,
+        DecodeError,
+        DialError,
+        DiscoveryError,
+        HandshakeError,
+        IdentityError,
+        LocalProtocolError,
+        MultiaddrError,
+        MuxerError,
+        NegotiationError,
+        P2PError,
+        P2PTimeoutError,
+        PeerIdMismatchError,
+        ProtocolNotSupportedError,
+        RemoteProtocolError,
+        StreamClosedError,
+        StreamResetError,
+    )
+    from p2pnode.net.connection import Connection
+    from p2pnode.net.stream import Stream
+    from p2pnode.node import AGENT_VERSION, ConnectionEvent, Node, NodeConfig
+    from p2pnode.protocols.task import (
+        EchoHandler,
+        ExecHandler,
+        PythonHandler,
+        TaskError,
+        TaskFailedError,
+        TaskRefusedError,
+        TaskRequest,
+        TaskResult,
+        TaskServer,
+        TaskTimeoutError,
+        send_task,
+    )
+    from p2pnode.wire.identity import Identity, PeerId, PublicKey
+    from p2pnode.wire.multiaddr import Multiaddr
 
 
 def __getattr__(name: str) -> object:
-    if name not in _TASK_NAMES:
+    home = _HOMES.get(name)
+    if home is None:
         raise AttributeError(f"module 'p2pnode' has no attribute {name!r}")
-    from p2pnode.protocols import task
+    import importlib
 
-    return getattr(task, name)
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
 
 
 __all__ = [

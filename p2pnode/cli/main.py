@@ -7,7 +7,6 @@ Errors go to stderr and the exit code tells what kind of failure it was
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import click
 
-from p2pnode.cli.dht import dht_config
 from p2pnode.cli.output import (
     EXIT_ERROR,
     MUXER_CHOICES,
@@ -29,13 +27,10 @@ from p2pnode.cli.output import (
     run_async,
     summarize,
 )
-from p2pnode.errors import P2PTimeoutError
-from p2pnode.net.limits import Limits, limits_with
-from p2pnode.node import Node, NodeConfig
-from p2pnode.protocols.kad.dht import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
-from p2pnode.protocols.kad.dht import LAN_PROTOCOL as LAN_DHT_PROTOCOL
-from p2pnode.wire.identity import Identity, default_identity_path
-from p2pnode.wire.multiaddr import Multiaddr
+from p2pnode.protocols.kad.protocol_ids import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
+from p2pnode.protocols.kad.protocol_ids import LAN_PROTOCOL as LAN_DHT_PROTOCOL
+
+# Each command imports the stack it needs when it runs: `p2pnode --help` stays fast.
 
 identity_option = click.option(
     "--identity",
@@ -81,6 +76,8 @@ def main(verbose: int) -> None:
 @json_option
 def id_command(identity_path: str | None, as_json: bool) -> None:
     """Print this node's PeerId (creating the key file on first use)."""
+    from p2pnode.wire.identity import default_identity_path
+
     out = Output(as_json)
     path = Path(identity_path) if identity_path else default_identity_path()
     identity = load_identity(str(path), False, out)
@@ -201,6 +198,7 @@ def serve(
     `p2pnode find KIND` finds it from anywhere in the DHT.
     """
     from p2pnode.cli.serve import ServeOptions, run_serve
+    from p2pnode.net.limits import Limits, limits_with
 
     out = Output(as_json)
     if identity_path and ephemeral:
@@ -251,6 +249,13 @@ def serve(
 @json_option
 def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: bool) -> None:
     """Ping a peer at a multiaddr (ending in /p2p/<id> to check its identity)."""
+    import asyncio
+
+    from p2pnode.errors import P2PTimeoutError
+    from p2pnode.node import Node, NodeConfig
+    from p2pnode.wire.identity import Identity
+    from p2pnode.wire.multiaddr import Multiaddr
+
     out = Output(as_json)
 
     async def run() -> None:
@@ -345,6 +350,7 @@ def send_task_command(
     (also sent as --kind) and the task goes to a peer that provides it in the DHT.
     INPUT "-" reads standard input.
     """
+    from p2pnode.cli.dht import dht_config
     from p2pnode.cli.sendtask import send_task_cli
 
     out = Output(as_json)
@@ -380,7 +386,8 @@ def find_peer_command(
     peer_id: str, bootstrap: tuple[str, ...], dht_protocol: str, timeout: float, as_json: bool
 ) -> None:
     """Find a peer's addresses in the DHT (exit 3 when no one knows it)."""
-    from p2pnode.cli.dht import find_peer_cli
+    from p2pnode.cli.dht import dht_config, find_peer_cli
+    from p2pnode.wire.identity import Identity
 
     out = Output(as_json)
     run_async(
@@ -409,7 +416,8 @@ def find_command(
     as_json: bool,
 ) -> None:
     """List peers that serve tasks of KIND, found through the DHT (exit 3 when none)."""
-    from p2pnode.cli.dht import find_providers_cli
+    from p2pnode.cli.dht import dht_config, find_providers_cli
+    from p2pnode.wire.identity import Identity
 
     out = Output(as_json)
     run_async(

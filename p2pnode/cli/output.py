@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import json
 import logging
@@ -25,11 +24,11 @@ from p2pnode.errors import (
     P2PError,
     P2PTimeoutError,
 )
-from p2pnode.wire.identity import Identity, default_identity_path
 
 if TYPE_CHECKING:
     from p2pnode.cli.lines import LineWriter
     from p2pnode.node import ConnectionEvent, Node
+    from p2pnode.wire.identity import Identity
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -259,6 +258,8 @@ def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
             )
         else:
             return uvloop.run  # type: ignore[no-any-return, unused-ignore]
+    import asyncio
+
     return asyncio.run
 
 
@@ -302,6 +303,8 @@ def load_identity(path: str | None, ephemeral: bool, out: Output) -> Identity:
 
     A bad key file (unsafe permissions, truncated, garbage, empty) is a one-line error.
     """
+    from p2pnode.wire.identity import Identity, default_identity_path
+
     if ephemeral:
         if path:
             out.error("--identity and --ephemeral exclude each other", EXIT_ERROR)

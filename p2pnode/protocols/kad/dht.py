@@ -27,6 +27,7 @@ from p2pnode.net.addresses import expand_wildcards
 from p2pnode.net.host import Host
 from p2pnode.net.stream import Stream
 from p2pnode.protocols.identify import IdentifyInfo
+from p2pnode.protocols.kad.protocol_ids import DEFAULT_PROTOCOL, LAN_PROTOCOL
 from p2pnode.protocols.kad.rpc import send_request, serve_requests
 from p2pnode.wire.identity import PeerId
 from p2pnode.wire.kad import (
@@ -46,10 +47,10 @@ from p2pnode.wire.kad import (
 )
 from p2pnode.wire.multiaddr import Multiaddr
 
+__all__ = ["DEFAULT_PROTOCOL", "LAN_PROTOCOL", "DhtConfig", "DhtMode", "KadDHT"]
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PROTOCOL = "/ipfs/kad/1.0.0"  # the public libp2p/IPFS DHT ("Amino")
-LAN_PROTOCOL = "/ipfs/lan/kad/1.0.0"  # the convention for a LAN-only DHT
 LOOKUP_ADDR_TTL = 600.0  # addresses learned from lookups stay in the peer store this long
 REPUBLISH_INTERVAL = 22 * 3600.0  # provider records expire after 48 h on go and js nodes
 MAX_VALUES = 10_000  # /pk/ records kept by a server
