@@ -1,4 +1,4 @@
-"""The ``p2pnode`` command line: ``id``, ``serve``, ``ping``, ``send-task``, ``peers``.
+"""The ``p2pnode`` command line: ``id``, ``serve``, ``ping``, ``perf``, ``send-task``, ``peers``.
 
 With ``--json`` every command prints one JSON object per line on stdout.
 Errors go to stderr and the exit code tells what kind of failure it was
@@ -27,6 +27,8 @@ from p2pnode.cli.output import (
     run_async,
     summarize,
 )
+from p2pnode.cli.perf import ByteSize
+from p2pnode.protocols import perf
 from p2pnode.protocols.kad.protocol_ids import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
 from p2pnode.protocols.kad.protocol_ids import LAN_PROTOCOL as LAN_DHT_PROTOCOL
 
@@ -172,6 +174,19 @@ def dht_protocol_option(func: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="Send a Python handler's exception text to the peer (default: a generic message).",
 )
+@click.option(
+    "--perf",
+    "serve_perf",
+    is_flag=True,
+    help=f"Serve the libp2p perf protocol {perf.PROTOCOL_ID} (throughput tests; default off).",
+)
+@click.option(
+    "--perf-max-download",
+    type=ByteSize(),
+    default=f"{perf.DEFAULT_MAX_DOWNLOAD >> 30}GiB",
+    show_default=True,
+    help="Bytes one perf request may ask for; larger requests are refused (K M G KiB MiB GiB).",
+)
 @json_option
 def serve(
     listen_addrs: tuple[str, ...],
@@ -190,6 +205,8 @@ def serve(
     dht_protocol: str,
     limit_settings: tuple[str, ...],
     expose_errors: bool,
+    serve_perf: bool,
+    perf_max_download: int,
     as_json: bool,
 ) -> None:
     """Run a node that serves tasks until SIGINT or SIGTERM.
@@ -224,6 +241,8 @@ def serve(
         bootstrap=list(bootstrap),
         dht_protocol=dht_protocol,
         limits=limits,
+        perf=serve_perf,
+        perf_max_download=perf_max_download,
     )
     run_async(lambda: run_serve(options, out), out)
 
@@ -295,6 +314,45 @@ def ping_command(addr: str, count: int, muxer: str, timeout: float, as_json: boo
         )
 
     run_async(run, out)
+
+
+@main.command("perf")
+@click.argument("addr")
+@click.option(
+    "--upload",
+    type=ByteSize(),
+    default="10MiB",
+    show_default=True,
+    help="Bytes to send (suffixes K M G: powers of 1000; KiB MiB GiB: of 1024).",
+)
+@click.option(
+    "--download",
+    type=ByteSize(),
+    default="10MiB",
+    show_default=True,
+    help="Bytes to ask the peer to send back (same suffixes).",
+)
+@muxer_option
+@click.option(
+    "--timeout",
+    type=Seconds(),
+    default=60.0,
+    show_default=True,
+    help="Seconds for the whole run.",
+)
+@json_option
+def perf_command(
+    addr: str, upload: int, download: int, muxer: str, timeout: float, as_json: bool
+) -> None:
+    """Measure upload and download throughput to a peer with the libp2p perf protocol.
+
+    ADDR is a multiaddr (ending in /p2p/<id> to check its identity) of a peer that serves
+    /perf/1.0.0, e.g. one started with `p2pnode serve --perf`.
+    """
+    from p2pnode.cli.perf import perf_cli
+
+    out = Output(as_json)
+    run_async(lambda: perf_cli(out, addr, upload, download, MUXER_CHOICES[muxer], timeout), out)
 
 
 @main.command("send-task")

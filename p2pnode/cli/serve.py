@@ -20,6 +20,7 @@ from p2pnode.net.limits import Limits
 from p2pnode.node import ConnectionEvent, Node, NodeConfig
 from p2pnode.protocols.kad.dht import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
 from p2pnode.protocols.kad.dht import DhtMode
+from p2pnode.protocols.perf import DEFAULT_MAX_DOWNLOAD, serve_perf
 from p2pnode.protocols.task.server import (
     DEFAULT_MAX_CONCURRENT,
     TaskServer,
@@ -57,6 +58,8 @@ class ServeOptions:
     bootstrap: list[str] = field(default_factory=list)
     dht_protocol: str = DEFAULT_DHT_PROTOCOL
     limits: Limits = field(default_factory=Limits)
+    perf: bool = False  # serve /perf/1.0.0
+    perf_max_download: int = DEFAULT_MAX_DOWNLOAD
 
 
 def read_allow_list(allow: list[str], allow_file: str | None) -> set[PeerId] | None:
@@ -196,15 +199,19 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         ),
     )
     server.install()
+    if options.perf:
+        serve_perf(node, options.perf_max_download)
     try:
         addrs = full_addrs(node)
         out.emit(
             "listening",
-            f"p2pnode {node.peer_id} listening on:\n  " + "\n  ".join(addrs),
+            f"p2pnode {node.peer_id} listening{' (perf on)' if options.perf else ''} on:\n  "
+            + "\n  ".join(addrs),
             peer_id=str(node.peer_id),
             addrs=addrs,
             kinds=sorted(handlers),
             mdns=options.mdns,
+            perf=options.perf,
         )
         open_to = _reachable_listen_addrs(node)
         if (options.exec_specs or options.python_specs) and allowed is None and open_to:

@@ -16,7 +16,8 @@ The end of stdin, or ``shutdown``, ends the program.
 Commands: ``dial addr`` | ``connections peer`` | ``disconnect peer`` | ``ping peer count`` |
 ``identify peer`` (a manual identify request, fields as received) | ``peerstore peer`` (what
 py-libp2p's own automatic identify stored) | ``task peer input [repeat kind timeout_ms
-concurrent client_style]`` | ``task-style style`` | ``shutdown``.
+concurrent client_style]`` | ``task-style style`` | ``perf-serve`` (serve ``/perf/1.0.0``
+with py-libp2p's PerfService) | ``perf addr upload download`` (its client) | ``shutdown``.
 
 The task protocol (docs/task-protocol.md) is written here the way a py-libp2p user would
 write it, in two server styles: ``one-message`` answers once the length prefix is satisfied;
@@ -52,6 +53,7 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamClosed, StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.perf import PerfService
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
@@ -281,6 +283,7 @@ class Peer:
         self.host = host
         self.server = server
         self.ping_service = PingService(host)
+        self.perf = PerfService(host)  # serves only after perf-serve
         self.shutdown = trio.Event()
 
     def peer(self, cmd: dict[str, Any]) -> ID:
@@ -419,6 +422,24 @@ class Peer:
             raise ValueError(f"unknown task style {cmd['style']!r}")
         self.server.style = cmd["style"]
         return {}
+
+    async def cmd_perf_serve(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if not self.perf.is_started():
+            await self.perf.start()
+        return {}
+
+    async def cmd_perf(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """One measurement to ``addr``: py-libp2p's final report, and the time around it."""
+        final: dict[str, Any] = {}
+        started = time.perf_counter()
+        target = multiaddr.Multiaddr(cmd["addr"])
+        async for report in self.perf.measure_performance(target, cmd["upload"], cmd["download"]):
+            if report["type"] == "final":
+                final = dict(report)
+        elapsed = time.perf_counter() - started
+        if not final:
+            raise RuntimeError("py-libp2p's perf client gave no final report")
+        return {**final, "elapsed_s": elapsed}
 
     async def cmd_shutdown(self, cmd: dict[str, Any]) -> dict[str, Any]:
         self.shutdown.set()
