@@ -1,0 +1,194 @@
+"""The delayed-link proxy of bench/delay_proxy.py: delays (lower bounds only), order, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from bench.delay_proxy import C2S, S2C, DelayProxy
+
+D = 0.020  # one-way delay, seconds
+ROOT = Path(__file__).resolve().parents[1]
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def proxied(handler: Handler, **options: int) -> AsyncIterator[DelayProxy]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with DelayProxy(("127.0.0.1", port), D, **options) as proxy:
+            yield proxy
+    finally:
+        server.close()
+
+
+async def test_echo_takes_at_least_a_round_trip_and_connect_one_more() -> None:
+    async with proxied(echo) as proxy:
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"hello")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+        first = time.monotonic() - started
+        started = time.monotonic()
+        writer.write(b"again")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"again"
+        second = time.monotonic() - started
+        writer.close()
+    # TCP's round trip, then the bytes' own: 2 RTT from the connect, 1 RTT afterwards
+    assert first >= 4 * D
+    assert second >= 2 * D
+    flights = [(f.direction, f.bytes) for f in proxy.links[0].flights]
+    assert flights == [(C2S, 5), (S2C, 5), (C2S, 5), (S2C, 5)]
+    assert proxy.links[0].flights[0].sent >= 2 * D - 1e-9  # sent once the SYN-ACK is back
+
+
+async def test_connect_reaches_the_server_late() -> None:
+    events: dict[str, float] = {}
+
+    async def note(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        events["accepted"] = time.monotonic()
+        await reader.readexactly(1)
+        events["first byte"] = time.monotonic()
+        writer.close()
+
+    async with proxied(note) as proxy:
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"x")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the server closed
+        writer.close()
+    assert events["accepted"] - started >= D  # the SYN took D
+    assert events["first byte"] - started >= 3 * D  # after the SYN-ACK, then D on the way
+
+
+async def test_large_transfer_keeps_content_and_order() -> None:
+    payload = os.urandom(4 << 20)
+    async with proxied(echo, max_buffer=256 << 10) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+
+        async def send() -> None:
+            for offset in range(0, len(payload), 100_000):
+                writer.write(payload[offset : offset + 100_000])
+                await writer.drain()
+
+        received, _ = await asyncio.wait_for(
+            asyncio.gather(reader.readexactly(len(payload)), send()), 30
+        )
+        writer.close()
+    assert received == payload
+    link = proxy.links[0]
+    assert link.bytes == {C2S: len(payload), S2C: len(payload)}
+    assert max(link.peak_buffered.values()) <= (256 << 10) + 65536
+
+
+async def test_buffers_are_bounded_when_the_server_does_not_read() -> None:
+    stalled = asyncio.Event()
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await stalled.wait()
+        writer.close()
+
+    async with proxied(never_read, max_buffer=128 << 10) as proxy:
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        block = bytes(1 << 20)
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            for _ in range(64):  # at most 64 MiB: the kernel's buffers plus ours are less
+                writer.write(block)
+                await asyncio.wait_for(writer.drain(), 1)
+                sent += len(block)
+        assert sent < 64 << 20, "the proxy kept reading from a client whose server stalled"
+        assert proxy.links[0].peak_buffered[C2S] <= (128 << 10) + 65536
+        stalled.set()
+        writer.transport.abort()
+
+
+@pytest.mark.parametrize("closer", ["client", "server"])
+async def test_one_side_closing_closes_both(closer: str) -> None:
+    server_saw: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if closer == "server":
+            writer.write(b"bye")
+            writer.close()
+            return
+        server_saw.set_result(await reader.read())
+        writer.close()
+
+    async with proxied(handler) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        started = time.monotonic()
+        if closer == "client":
+            writer.write(b"data")
+            writer.close()
+            assert await asyncio.wait_for(server_saw, 5) == b"data"
+        else:
+            assert await asyncio.wait_for(reader.read(), 5) == b"bye"  # data, then EOF
+            writer.close()
+        async with asyncio.timeout(5):
+            while not proxy.links[0].closed_by:
+                await asyncio.sleep(0.01)
+        assert time.monotonic() - started >= D
+    assert proxy.links[0].closed_by == closer
+
+
+async def test_no_server_closes_the_client() -> None:
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    async with DelayProxy(("127.0.0.1", port), D) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+
+async def test_command_line_reports_each_link() -> None:
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "bench.delay_proxy", "--delay-ms", "5"],
+        *["--target", f"127.0.0.1:{port}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proxy.stdout is not None and proxy.stdin is not None
+    try:
+        async with asyncio.timeout(20):
+            listening = json.loads(await proxy.stdout.readline())
+            assert listening["event"] == "listening"
+            reader, writer = await asyncio.open_connection("127.0.0.1", listening["port"])
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+            link = json.loads(await proxy.stdout.readline())
+            proxy.stdin.close()
+            assert await proxy.wait() == 0
+    finally:
+        if proxy.returncode is None:
+            proxy.kill()
+            await proxy.wait()
+        server.close()
+    assert link["event"] == "link" and link["closed_by"] == "client"
+    assert [[f[0], f[2]] for f in link["flights"]] == [[">", 4], ["<", 4]]
+    assert link["flights"][1][1] >= 15  # the server answered at 3D or later (ms)
