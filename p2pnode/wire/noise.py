@@ -1,6 +1,6 @@
 """libp2p Noise (specs: ``noise/README.md``), sans-I/O.
 
-The handshake is ``Noise_XX_25519_ChaChaPoly_SHA256`` (via ``noiseprotocol``), every
+The handshake is ``Noise_XX_25519_ChaChaPoly_SHA256`` (:mod:`p2pnode.wire.noise_xx`), every
 message framed by a 2-byte big-endian length. Messages 2 and 3 carry a protobuf
 ``NoiseHandshakePayload``: the sender's libp2p identity key and its signature over
 ``"noise-libp2p-static-key:" + its Noise static key``, which binds the encrypted
@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from p2pnode.errors import DecodeError, HandshakeError, IdentityError, PeerIdMismatchError
 from p2pnode.wire.identity import Identity, PeerId, PublicKey
+from p2pnode.wire.noise_xx import XXHandshake
 from p2pnode.wire.protobuf import LENGTH_DELIMITED, encode_bytes_field, iter_fields
 
 PROTOCOL_ID = "/noise"
-NOISE_PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 SIGNATURE_PREFIX = b"noise-libp2p-static-key:"
 MAX_MESSAGE = 65535
 TAG_SIZE = 16
@@ -154,20 +154,10 @@ class NoiseHandshake:
         expected_peer: PeerId | None = None,
         muxers: Sequence[str] = (),
     ) -> None:
-        # noiseprotocol (and the serialization package it loads, ~30 ms together) is
-        # imported by the first handshake, not by every process that imports p2pnode
-        from noise.connection import Keypair, NoiseConnection
-
         static = identity if isinstance(identity, NoiseStaticKey) else NoiseStaticKey(identity)
         self._identity_payload = static.payload
         self._muxers = tuple(muxers)
-        self._noise = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
-        if initiator:
-            self._noise.set_as_initiator()
-        else:
-            self._noise.set_as_responder()
-        self._noise.set_keypair_from_private_bytes(Keypair.STATIC, static.private_bytes)
-        self._noise.start_handshake()
+        self._noise = XXHandshake(static.private_bytes, initiator=initiator)
         self._initiator = initiator
         self._expected_peer = expected_peer
         self._buffer = bytearray()
@@ -214,15 +204,10 @@ class NoiseHandshake:
         return out
 
     def _handle_message(self, message: bytes) -> bytes:
-        state = self._noise.noise_protocol.handshake_state
-        try:
-            payload = self._noise.read_message(message)
-        except Exception as exc:  # noiseprotocol raises assorted exception types
-            raise HandshakeError(f"Noise handshake message {self._messages_read + 1} "
-                                 f"is invalid: {exc or type(exc).__name__}") from None  # fmt: skip
+        payload = self._noise.read_message(message)
         self._messages_read += 1
         if self._initiator:  # message 2: the responder's identity; answer with message 3
-            self._authenticate(payload, state.rs.public_bytes)
+            self._authenticate(payload, self._noise.remote_static)
             self.muxer = choose_muxer(self._muxers, self.remote_muxers)
             # Send only the chosen muxer (the spec allows it): then even a responder that
             # would pick by its own order of preference cannot pick another one.
@@ -234,7 +219,7 @@ class NoiseHandshake:
         if self._messages_read == 1:  # message 1: only an ephemeral key
             message2 = self._identity_payload + encode_muxer_extensions(self._muxers)
             return self._frame(self._noise.write_message(message2))
-        self._authenticate(payload, state.rs.public_bytes)  # message 3
+        self._authenticate(payload, self._noise.remote_static)  # message 3
         self.muxer = choose_muxer(self.remote_muxers, self._muxers)
         self._complete = True
         return b""
@@ -269,12 +254,10 @@ class NoiseHandshake:
         """The encrypted channel; it starts with any bytes received after the handshake."""
         if not self._complete:
             raise HandshakeError("the Noise handshake is not complete")
-        protocol = self._noise.noise_protocol
+        send_key, receive_key = self._noise.split()
         leftover = bytes(self._buffer)
         self._buffer.clear()
-        return NoiseTransport(
-            protocol.cipher_state_encrypt.k, protocol.cipher_state_decrypt.k, leftover
-        )
+        return NoiseTransport(send_key, receive_key, leftover)
 
 
 class NoiseTransport:

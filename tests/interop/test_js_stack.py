@@ -23,6 +23,7 @@ BULK = "/p2pnode/bulk/1.0.0"
 BULK_HEADER = struct.Struct(">QB")
 SIZE_32MIB = 32 * 1024 * 1024
 MUXERS = ["yamux", "mplex"]
+MUXER_IDS = {"yamux": "/yamux/1.0.0", "mplex": "/mplex/6.7.0"}
 
 
 def pattern(size: int) -> bytes:
@@ -181,7 +182,7 @@ async def test_js_runs_32_concurrent_streams_to_p2pnode(py_listener: tuple[Node,
     result = await js_dial(
         full_addr(node), "echo", "--size", "65536", "--streams", "32", "--muxer", muxer
     )
-    assert result == {"event": "echo", "streams": 32, "ok": True}
+    assert result == {"event": "echo", "streams": 32, "ok": True, "muxer": MUXER_IDS[muxer]}
 
 
 @pytest.mark.parametrize("action", ["bulk-send", "bulk-recv"])
