@@ -29,7 +29,6 @@ from p2pnode.net.transport import Listener, TransportConfig, dial, listen
 from p2pnode.protocols import identify, ping
 from p2pnode.protocols.identify import IdentifyInfo
 from p2pnode.protocols.identify_service import IdentifyService
-from p2pnode.protocols.kad.dht import DhtConfig, KadDHT
 from p2pnode.routing.peerstore import PeerStore
 from p2pnode.routing.router import ConnectTrace, PeerRouter
 from p2pnode.wire.identity import Identity, PeerId
@@ -37,6 +36,7 @@ from p2pnode.wire.multiaddr import Multiaddr
 from p2pnode.wire.multistream import MultistreamListener
 
 if TYPE_CHECKING:
+    from p2pnode.protocols.kad.dht import DhtConfig, KadDHT
     from p2pnode.routing.mdns import DiscoveredPeer, DiscoveryEvent, MdnsDiscovery
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ class Node:
             self.add_router(self._builtin_router(name))
         self.dht: KadDHT | None = None
         if self.config.dht is not None:
+            from p2pnode.protocols.kad.dht import KadDHT  # only nodes in a DHT load it
+
             self.dht = KadDHT(self, identity.public_key.to_protobuf(), self.config.dht)
             self.add_router(self.dht)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,9 @@ from p2pnode.cli.perf import ByteSize
 from p2pnode.protocols import perf
 from p2pnode.protocols.kad.protocol_ids import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
 from p2pnode.protocols.kad.protocol_ids import LAN_PROTOCOL as LAN_DHT_PROTOCOL
+
+if TYPE_CHECKING:
+    from p2pnode.protocols.kad.dht import DhtConfig
 
 # Each command imports the stack it needs when it runs: `p2pnode --help` stays fast.
 
@@ -408,7 +411,6 @@ def send_task_command(
     (also sent as --kind) and the task goes to a peer that provides it in the DHT.
     INPUT "-" reads standard input.
     """
-    from p2pnode.cli.dht import dht_config
     from p2pnode.cli.sendtask import send_task_cli
 
     out = Output(as_json)
@@ -425,11 +427,17 @@ def send_task_command(
             connect_timeout=connect_timeout,
             muxers=MUXER_CHOICES[muxer],
             use_cache=not no_cache,
-            dht=dht_config(bootstrap, dht_protocol) if bootstrap or any_kind else None,
+            dht=_dht_config(bootstrap, dht_protocol) if bootstrap or any_kind else None,
             any_kind=any_kind,
         ),
         out,
     )
+
+
+def _dht_config(bootstrap: tuple[str, ...], dht_protocol: str) -> DhtConfig:
+    from p2pnode.cli.dht import dht_config  # only commands that join a DHT load it
+
+    return dht_config(bootstrap, dht_protocol)
 
 
 @main.command("find-peer")

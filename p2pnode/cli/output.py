@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import statistics
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
@@ -344,11 +343,13 @@ def format_event(event: ConnectionEvent) -> tuple[str, dict[str, Any]]:
 
 def summarize(values_ms: list[float]) -> dict[str, float]:
     """min / p50 / p99 / max of a list of milliseconds."""
+    from statistics import median
+
     ordered = sorted(values_ms)
     p99_index = min(len(ordered) - 1, max(0, round(0.99 * len(ordered)) - 1))
     return {
         "min_ms": round(ordered[0], 4),
-        "p50_ms": round(statistics.median(ordered), 4),
+        "p50_ms": round(median(ordered), 4),
         "p99_ms": round(ordered[p99_index], 4),
         "max_ms": round(ordered[-1], 4),
     }

@@ -16,17 +16,16 @@ from p2pnode.errors import (
     P2PTimeoutError,
 )
 from p2pnode.node import Node, NodeConfig
-from p2pnode.protocols.kad.dht import DhtConfig
 from p2pnode.protocols.task.client import send_task
 from p2pnode.protocols.task.messages import TaskTimeoutError
-from p2pnode.routing.mdns import DiscoveredPeer, MdnsDiscovery, PeerDiscovered
 from p2pnode.routing.router import ConnectTrace
 from p2pnode.wire.identity import Identity, PeerId
-from p2pnode.wire.kad import provider_key_for_kind
 from p2pnode.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
     from p2pnode.cli.output import Output
+    from p2pnode.protocols.kad.dht import DhtConfig
+    from p2pnode.routing.mdns import DiscoveredPeer
 
 
 def _ms(seconds: float) -> float:
@@ -157,6 +156,8 @@ async def _any_provider(node: Node, kind: str, timeout: float) -> PeerId:
     """A peer the DHT lists as serving ``kind`` (the first that answers a dial)."""
     if node.dht is None:
         raise LocalProtocolError("--any needs the DHT: pass --bootstrap MADDR")
+    from p2pnode.wire.kad import provider_key_for_kind
+
     providers = await node.dht.find_providers(provider_key_for_kind(kind), timeout=timeout)
     if not providers:
         raise DiscoveryError(f"no peer in the DHT provides kind {kind!r}")
@@ -173,6 +174,8 @@ async def _any_provider(node: Node, kind: str, timeout: float) -> PeerId:
 
 async def watch_peers(out: Output, *, timeout: float) -> None:
     """``p2pnode peers --watch``: print discovery events as they happen, for ``timeout`` seconds."""
+    from p2pnode.routing.mdns import MdnsDiscovery, PeerDiscovered
+
     discovery = MdnsDiscovery(Identity.generate().peer_id, [])
     await discovery.start()
     out.emit("ready", "watching for peers (mDNS)")
@@ -196,6 +199,8 @@ async def watch_peers(out: Output, *, timeout: float) -> None:
 async def list_peers(out: Output, *, timeout: float, identify: bool) -> None:
     """``p2pnode peers``: listen for mDNS announcements for ``timeout`` seconds and list peers."""
     node = Node(Identity.generate(), NodeConfig(keepalive_interval=None))
+    from p2pnode.routing.mdns import MdnsDiscovery, PeerDiscovered
+
     discovery = MdnsDiscovery(node.peer_id, [])
     found: dict[PeerId, DiscoveredPeer] = {}
 
