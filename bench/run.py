@@ -1,6 +1,8 @@
 """``make bench`` / ``make bench-quick``: every contender, every figure, one run.
 
-Servers and clients run as separate processes (bench/CONTRACT.md). Results go to
+Servers and clients run as separate processes (bench/CONTRACT.md). Contenders are
+measured in interleaved rounds (``--rounds``, default 3): A, B, C, A, B, C, ...; each
+ratio is taken within a round and reported as the median with its spread. Results go to
 ``bench/results/<date>.json`` and ``.md`` plus two PNG plots.
 """
 
@@ -200,7 +202,9 @@ def throughput_runs(quick: bool) -> int:
     return 1 if quick else THROUGHPUT_RUNS
 
 
-def measure(contender: Contender, quick: bool) -> None:
+def measure(contender: Contender, quick: bool) -> dict[str, Any]:
+    """One round: every figure of ``contender`` against a fresh server of its own."""
+    results: dict[str, Any] = {}
     server = Server(contender)
     try:
         for key, args in contender_plan(contender, quick):
@@ -215,7 +219,7 @@ def measure(contender: Contender, quick: bool) -> None:
                     failure = exc
                     progress(f"    failed: {exc}")
             if not runs:
-                contender.results[key] = {"error": str(failure)[:300]}
+                results[key] = {"error": str(failure)[:300]}
                 continue
             server_cpu = server.cpu_seconds() - cpu_before
             result, client_cpu = runs[0]
@@ -231,15 +235,49 @@ def measure(contender: Contender, quick: bool) -> None:
             else:  # throughput: the median of its runs
                 rates = [run["bytes"] / run["seconds"] / 1e6 for run, _ in runs]
                 entry = {**result, "mb_per_s": statistics.median(rates), "runs_mb_per_s": rates}
-            contender.results[key] = entry
+            results[key] = entry
     finally:
         server.stop()
+    return results
+
+
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One entry per figure from every round's: latency samples pooled, rates and
+    throughput the median round; each keeps its per-round values (``rounds_<field>``) so
+    that ratios can be taken round by round."""
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(k for r in rounds for k in r):
+        entries = [r[key] for r in rounds if key in r and "error" not in r[key]]
+        if not entries:
+            merged[key] = next(r[key] for r in rounds if key in r)
+            continue
+        if "samples_ms" in entries[0]:
+            pooled = [x for e in entries for x in e["samples_ms"]]
+            entry = {**summarize(pooled), "samples_ms": pooled}
+            entry["rounds_p50_ms"] = [e["p50_ms"] for e in entries]
+        elif "tasks_per_s" in entries[0]:
+            ordered = sorted(entries, key=lambda e: e["tasks_per_s"])
+            entry = dict(ordered[(len(ordered) - 1) // 2])
+            entry["rounds_tasks_per_s"] = [e["tasks_per_s"] for e in entries]
+        else:
+            entry = dict(entries[0])
+            entry["runs_mb_per_s"] = [x for e in entries for x in e["runs_mb_per_s"]]
+            entry["mb_per_s"] = statistics.median(entry["runs_mb_per_s"])
+            entry["rounds_mb_per_s"] = [e["mb_per_s"] for e in entries]
+        merged[key] = entry
+    return merged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
     parser.add_argument("--only", help="comma-separated contender name prefixes")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds: every contender once per round; ratios are taken per round",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -256,12 +294,20 @@ def main() -> None:
     for contender in everyone:
         if not contender.available:
             progress(f"skipping {contender.name}: {contender.why_not}")
-            continue
-        progress(f"{contender.name}")
-        try:
-            measure(contender, args.quick)
-        except RuntimeError as exc:
-            contender.available, contender.why_not = False, str(exc)
+    rounds: dict[str, list[dict[str, Any]]] = {c.name: [] for c in everyone}
+    # Interleaved (A, B, C, A, B, C, ...): the VM's speed drifts within minutes, and a
+    # ratio taken within one round compares contenders that saw the same weather.
+    for number in range(1, args.rounds + 1):
+        for contender in everyone:
+            if not contender.available:
+                continue
+            progress(f"round {number}/{args.rounds}: {contender.name}")
+            try:
+                rounds[contender.name].append(measure(contender, args.quick))
+            except RuntimeError as exc:
+                contender.available, contender.why_not = False, str(exc)
+    for contender in everyone:
+        contender.results = merge_rounds(rounds[contender.name])
     progress("p2pnode start-up, memory and discovery ...")
     extra = system.p2pnode_system_figures(quick=args.quick)
     out_dir: Path = args.out
@@ -271,6 +317,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick,
         "throughput_runs": throughput_runs(args.quick),
+        "rounds": args.rounds,
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),
