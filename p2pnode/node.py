@@ -103,8 +103,7 @@ class Node:
             limits=self.config.limits,
         )
         self.refusals: Refusals = self._transport_config.refusals
-        self._negotiating: dict[Connection, int] = {}
-        self._serving: dict[tuple[PeerId, str], int] = {}  # inbound streams in a handler
+        self._serving: dict[tuple[bytes, str], int] = {}  # inbound streams in a handler
         self._handlers: dict[str, StreamHandler] = {}
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[Connection]] = {}
@@ -193,36 +192,25 @@ class Node:
             self.identify_service.changed()
 
     async def _handle_inbound_stream(self, stream: Stream) -> None:
+        """Negotiate the stream's protocol, within the limits, and run its handler.
+
+        One coroutine per inbound stream (the hot path of every task): the count of
+        streams still negotiating lives on the connection, and streams being served are
+        counted per peer and protocol.
+        """
         conn = stream.connection
         assert isinstance(conn, Connection)
-        negotiating = self._negotiating.get(conn, 0)
-        if negotiating >= self.config.limits.max_negotiating_streams:
+        limits = self.config.limits
+        if conn.negotiating_streams >= limits.max_negotiating_streams:
             self.refusals.refuse(
-                "max_negotiating_streams", str(conn.remote_peer), f"{negotiating} on {conn!r}"
+                "max_negotiating_streams",
+                str(conn.remote_peer),
+                f"{conn.negotiating_streams} on {conn!r}",
             )
             stream.reset()
             return
-        self._negotiating[conn] = negotiating + 1
-        negotiated = False
-
-        def done_negotiating() -> None:
-            nonlocal negotiated
-            if not negotiated:
-                negotiated = True
-                left = self._negotiating.get(conn, 1) - 1
-                if left > 0:
-                    self._negotiating[conn] = left
-                else:
-                    self._negotiating.pop(conn, None)
-
-        try:
-            await self._negotiate_and_serve(stream, done_negotiating)
-        finally:
-            done_negotiating()
-
-    async def _negotiate_and_serve(
-        self, stream: Stream, done_negotiating: Callable[[], None]
-    ) -> None:
+        conn.negotiating_streams += 1
+        negotiating = True
         try:
             selector = MultistreamListener(self._handlers.__contains__)
             taken = 0
@@ -242,21 +230,24 @@ class Node:
                 stream.reset()
                 return
             stream.set_deadline(None)
-            done_negotiating()
-            assert selector.selected is not None
-            stream.protocol = selector.selected
+            conn.negotiating_streams -= 1
+            negotiating = False
+            protocol = selector.selected
+            assert protocol is not None
+            stream.protocol = protocol
             stream._return_unused(taken, selector.leftover())
-            handler = self._handlers.get(selector.selected)
+            handler = self._handlers.get(protocol)
             if handler is None:  # removed meanwhile
                 stream.reset()
                 return
-            key = (stream.remote_peer, selector.selected)
+            # keyed by the PeerId's bytes: hashed in C, and cached, unlike a PeerId
+            key = (conn.remote_peer.to_bytes(), protocol)
             serving = self._serving.get(key, 0)
-            if serving >= self.config.limits.max_inbound_streams_per_protocol:
+            if serving >= limits.max_inbound_streams_per_protocol:
                 self.refusals.refuse(
                     "max_inbound_streams_per_protocol",
-                    str(stream.remote_peer),
-                    f"{serving} {selector.selected} streams open",
+                    str(conn.remote_peer),
+                    f"{serving} {protocol} streams open",
                 )
                 stream.reset()
                 return
@@ -280,6 +271,9 @@ class Node:
             stream.reset()
         else:
             await stream.close()
+        finally:
+            if negotiating:
+                conn.negotiating_streams -= 1
 
     # -- listening and dialing -----------------------------------------------------
 

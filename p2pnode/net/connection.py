@@ -100,6 +100,7 @@ class Connection(asyncio.BufferedProtocol):
         self.is_initiator = is_initiator
         self.muxer_protocol = muxer.protocol_id
         self.muxer_in_handshake = False  # chosen inside Noise, not by multistream-select
+        self.negotiating_streams = 0  # inbound streams still choosing a protocol (Node's count)
         self.opened_at = time.monotonic()
         self._on_inbound_stream = on_inbound_stream
         self._streams: dict[int, Stream] = {}
