@@ -19,7 +19,7 @@ from p2pnode.net.stream import Stream
 from p2pnode.node import Node
 from p2pnode.wire.identity import Identity
 
-from .conftest import addr_of, start_node
+from .conftest import addr_of, inbound_connection, start_node
 
 ECHO = "/test/echo/1.0.0"
 
@@ -228,3 +228,46 @@ async def test_a_cancelled_writer_does_not_fail_the_others_waiting_for_the_socke
     conn.resume_writing()
     await asyncio.wait_for(second, 5)
     assert first.cancelled() and second.done() and not second.cancelled()
+
+
+async def test_a_burst_beyond_the_ack_backlog_waits_for_stream_slots() -> None:
+    from p2pnode.protocols.task.client import send_task
+    from p2pnode.protocols.task.handlers import EchoHandler
+    from p2pnode.protocols.task.server import TaskServer
+    from p2pnode.wire.yamux import YamuxConfig
+
+    server = await start_node()
+    TaskServer(server, {"default": EchoHandler()}).install()
+    client = await start_node()
+    client._transport_config.yamux = YamuxConfig(max_ack_backlog=4)
+    try:
+        conn = await client.dial(addr_of(server))
+        results = await asyncio.gather(
+            *(send_task(client, conn.remote_peer, f"t{i}", timeout=20) for i in range(100))
+        )
+        assert [r.output for r in results] == [f"t{i}" for i in range(100)]
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+async def test_a_stream_slot_wait_ends_when_the_connection_closes() -> None:
+    from p2pnode.errors import ConnectionClosedError
+    from p2pnode.wire.yamux import YamuxConfig
+
+    server = await start_node()
+    client = await start_node()
+    client._transport_config.yamux = YamuxConfig(max_ack_backlog=1)
+    try:
+        conn = await client.dial(addr_of(server))
+        (await inbound_connection(server, client.peer_id))._transport.pause_reading()
+        await conn.open_stream()  # the server reads nothing, so it never ACKs: backlog full
+        waiting = asyncio.ensure_future(conn.open_stream())
+        await asyncio.sleep(0)  # let it start waiting
+        assert not waiting.done()
+        await conn.close()
+        with pytest.raises(ConnectionClosedError):
+            await asyncio.wait_for(waiting, 10)
+    finally:
+        await client.stop()
+        await server.stop()

@@ -391,10 +391,13 @@ def test_ack_backlog_limits_unacknowledged_outbound_streams() -> None:
     config = YamuxConfig(max_receive_window=INITIAL_WINDOW, max_ack_backlog=2)
     client, server = pair(client_config=config)
     client.open_stream()
+    assert client.can_open_stream
     client.open_stream()
+    assert not client.can_open_stream
     with pytest.raises(TooManyStreamsError):
         client.open_stream()
     exchange(client, server)  # the ACKs arrive
+    assert client.can_open_stream
     assert client.open_stream() == 5
 
 

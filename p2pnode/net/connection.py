@@ -101,6 +101,7 @@ class Connection(asyncio.BufferedProtocol):
         self.muxer_protocol = muxer.protocol_id
         self.muxer_in_handshake = False  # chosen inside Noise, not by multistream-select
         self.negotiating_streams = 0  # inbound streams still choosing a protocol (Node's count)
+        self._slot_waiters: list[asyncio.Future[None]] = []  # open_stream calls queued
         self.opened_at = time.monotonic()
         self._on_inbound_stream = on_inbound_stream
         self._streams: dict[int, Stream] = {}
@@ -157,11 +158,37 @@ class Connection(asyncio.BufferedProtocol):
             raise ConnectionClosedError(f"{self!r} is closed: {self._close_reason}")
         if self._remote_goaway:
             raise ConnectionClosedError(f"{self.remote_peer} sent GoAway: open a new connection")
+        while not self._muxer.can_open_stream:
+            await self._wait_for_stream_slot()
         stream_id = self._muxer.open_stream()
         stream = Stream(self, stream_id)
         self._streams[stream_id] = stream
         self._schedule_flush()
         return stream
+
+    async def _wait_for_stream_slot(self) -> None:
+        """Wait until the muxer may open another stream (the peer acknowledged some).
+
+        Callers queue instead of failing; their own timeouts bound the wait.
+        """
+        waiter = self.loop.create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._slot_waiters.remove(waiter)
+        if self._close_reason is not None:
+            raise ConnectionClosedError(f"{self!r} is closed: {self._close_reason}")
+
+    def _wake_slot_waiters(self) -> None:
+        if self._muxer.can_open_stream or self._close_reason is not None:
+            for waiter in self._slot_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._slot_waiters.clear()
 
     async def new_stream(self, protocols: list[str], *, optimistic: bool = False) -> Stream:
         """Open a stream and agree on one of ``protocols`` with multistream-select.
@@ -306,6 +333,8 @@ class Connection(asyncio.BufferedProtocol):
                     self._handle_event(event)
         finally:
             self._receiving = False
+        if self._slot_waiters:  # ACKs may have freed stream slots
+            self._wake_slot_waiters()
         if self._unflushed:
             self._flush()  # answers written inline: send them now
         elif self._muxer.has_data_to_send:
@@ -423,6 +452,8 @@ class Connection(asyncio.BufferedProtocol):
         if self._close_reason is None:
             self._muxer.reset_stream(stream_id)
             self._schedule_flush()
+            if self._slot_waiters:  # resetting an unacknowledged stream frees its slot
+                self._wake_slot_waiters()
 
     async def drained(self) -> None:
         if self.write_paused and self._close_reason is None:
@@ -463,6 +494,7 @@ class Connection(asyncio.BufferedProtocol):
         for future, _ in self._pings.values():
             if not future.done():
                 future.set_exception(ConnectionClosedError(str(error)))
+        self._wake_slot_waiters()  # they raise ConnectionClosedError
         waiter = self._drain_waiter
         self._drain_waiter = None
         if waiter is not None and not waiter.done():

@@ -203,6 +203,10 @@ class MplexSession:
 
     # -- acting on streams ---------------------------------------------------------------
 
+    @property
+    def can_open_stream(self) -> bool:
+        return True  # mplex streams need no acknowledgement
+
     def open_stream(self) -> int:
         if self._error is not None or self._going_away:
             raise ConnectionClosedError("the mplex session is closing: open a new connection")

@@ -94,6 +94,12 @@ class MuxerSession(Protocol):
         """Open an outbound stream and return its key."""
         ...
 
+    @property
+    def can_open_stream(self) -> bool:
+        """False while opening one more stream would exceed a backlog bound (e.g. yamux
+        streams the peer has not acknowledged yet); True again once the peer catches up."""
+        ...
+
     def send(self, stream_id: int, data: Buffer) -> int:
         """Queue up to ``len(data)`` bytes; return how many the send window allowed."""
         ...

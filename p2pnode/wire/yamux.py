@@ -466,6 +466,10 @@ class YamuxSession:
 
     # -- sending ---------------------------------------------------------------
 
+    @property
+    def can_open_stream(self) -> bool:
+        return self._unacked_outbound < self.config.max_ack_backlog
+
     def open_stream(self) -> int:
         """Open an outbound stream (queues WindowUpdate+SYN) and return its id."""
         if self._error is not None or self._local_goaway:
