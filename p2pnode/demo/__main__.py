@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from p2pnode.demo.netns import Host, namespaces_unavailable, two_hosts
+from p2pnode.demo.netns import Host, bring_loopback_up, namespaces_unavailable, two_hosts
 
 
 def say(text: str) -> None:
@@ -101,6 +101,10 @@ def main() -> None:
         else:
             say(f"p2pnode demo: network namespaces are not available ({reason});")
             say("running the same demo over loopback with direct addresses (no mDNS)\n")
+            problem = bring_loopback_up()  # down in a fresh namespace (unshare -rn)
+            if problem is not None:
+                say(f"demo: cannot run over loopback: {problem}")
+                raise SystemExit(1)
             run_demo(None, None, env)
 
 

@@ -49,6 +49,29 @@ def namespaces_unavailable() -> str | None:
     return None
 
 
+def loopback_is_up() -> bool:
+    """True when this network namespace's loopback interface is up.
+
+    Asked with ``ip``: /sys/class/net may still show the namespace it was mounted in.
+    """
+    if shutil.which("ip") is None:
+        return True  # nothing to tell with: assume the usual
+    shown = subprocess.run(["ip", "-o", "link", "show", "lo"], capture_output=True, text=True)
+    flags = shown.stdout.partition("<")[2].partition(">")[0].split(",")
+    return shown.returncode != 0 or "UP" in flags
+
+
+def bring_loopback_up() -> str | None:
+    """Bring ``lo`` up (a fresh namespace, e.g. ``unshare -rn``, starts with it down);
+    None when it is up, else why it could not be."""
+    if loopback_is_up():
+        return None
+    result = subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, text=True)
+    if result.returncode != 0 or not loopback_is_up():
+        return f"loopback is down and `ip link set lo up` failed: {result.stderr.strip()}"
+    return None
+
+
 @contextmanager
 def two_hosts(subnet: str = "10.213") -> Iterator[tuple[Host, Host]]:
     """Two namespaces joined by a veth pair (``<subnet>.N.1`` and ``.2``), deleted afterwards."""
