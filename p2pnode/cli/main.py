@@ -77,16 +77,40 @@ def main(verbose: int) -> None:
 
 
 @main.command("id")
+@click.argument("peer", required=False)
 @identity_option
+@click.option(
+    "--timeout",
+    type=Seconds(),
+    default=10.0,
+    show_default=True,
+    help="Seconds to find, connect to and identify PEER.",
+)
 @json_option
-def id_command(identity_path: str | None, as_json: bool) -> None:
-    """Print this node's PeerId (creating the key file on first use)."""
+def id_command(peer: str | None, identity_path: str | None, timeout: float, as_json: bool) -> None:
+    """Print this node's PeerId (creating the key file on first use), or with PEER (a
+    multiaddr ending in /p2p/<id>, or a PeerId found by cache or mDNS) what that peer
+    says about itself: PeerId, public key, agent, addresses, protocols."""
+    out = Output(as_json)
+    if peer is not None:
+        from p2pnode.cli.identify import identify_cli
+
+        run_async(lambda: identify_cli(out, peer, timeout), out)
+        return
+    import base64
+
     from p2pnode.wire.identity import default_identity_path
 
-    out = Output(as_json)
     path = Path(identity_path) if identity_path else default_identity_path()
     identity = load_identity(str(path), False, out)
-    out.emit("id", str(identity.peer_id), peer_id=str(identity.peer_id), identity=str(path))
+    public_key = base64.b64encode(identity.public_key.to_protobuf()).decode()
+    out.emit(
+        "id",
+        str(identity.peer_id),
+        peer_id=str(identity.peer_id),
+        public_key=public_key,
+        identity=str(path),
+    )
 
 
 def bootstrap_option(func: Callable[..., Any]) -> Callable[..., Any]:
