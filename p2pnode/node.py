@@ -104,6 +104,7 @@ class Node:
         )
         self.refusals: Refusals = self._transport_config.refusals
         self._serving: dict[tuple[bytes, str], int] = {}  # inbound streams in a handler
+        self._closed_traffic = (0, 0)  # bytes sent and received by closed connections
         self._handlers: dict[str, StreamHandler] = {}
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[Connection]] = {}
@@ -336,7 +337,17 @@ class Node:
         )
         self.identify_service.connected(conn)
 
+    def traffic(self) -> tuple[int, int]:
+        """Bytes sent and received on every connection so far (open and closed)."""
+        sent, received = self._closed_traffic
+        for conn in self.connections():
+            sent += conn.bytes_sent
+            received += conn.bytes_received
+        return sent, received
+
     def _unregister(self, conn: Connection) -> None:
+        sent, received = self._closed_traffic
+        self._closed_traffic = (sent + conn.bytes_sent, received + conn.bytes_received)
         conns = self._connections.get(conn.remote_peer, [])
         if conn in conns:
             conns.remove(conn)

@@ -197,6 +197,11 @@ def dht_protocol_option(func: Callable[..., Any]) -> Callable[..., Any]:
     "e.g. max_inbound_connections_per_ip=500.",
 )
 @click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464).",
+)
+@click.option(
     "--expose-errors",
     is_flag=True,
     help="Send a Python handler's exception text to the peer (default: a generic message).",
@@ -234,6 +239,7 @@ def serve(
     expose_errors: bool,
     serve_perf: bool,
     perf_max_download: int,
+    metrics: str | None,
     as_json: bool,
 ) -> None:
     """Run a node that serves tasks until SIGINT or SIGTERM.
@@ -270,6 +276,7 @@ def serve(
         limits=limits,
         perf=serve_perf,
         perf_max_download=perf_max_download,
+        metrics=metrics,
     )
     run_async(lambda: run_serve(options, out), out)
 

@@ -23,6 +23,7 @@ from p2pnode.protocols.kad.dht import DhtMode
 from p2pnode.protocols.perf import DEFAULT_MAX_DOWNLOAD, serve_perf
 from p2pnode.protocols.task.server import (
     DEFAULT_MAX_CONCURRENT,
+    TaskLogRecord,
     TaskServer,
     format_log_human,
     format_log_json,
@@ -59,6 +60,7 @@ class ServeOptions:
     dht_protocol: str = DEFAULT_DHT_PROTOCOL
     limits: Limits = field(default_factory=Limits)
     perf: bool = False  # serve /perf/1.0.0
+    metrics: str | None = None  # HOST:PORT for Prometheus metrics
     perf_max_download: int = DEFAULT_MAX_DOWNLOAD
 
 
@@ -188,30 +190,46 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
     node.on_event(print_connection_event)
     reporter = asyncio.create_task(_every(REPEAT_WINDOW, report_repeats))
     background: list[asyncio.Task[None]] = [reporter]
+    stats = None
+    metrics_at = None
+    if options.metrics is not None:
+        from p2pnode.cli.metrics import NodeCollector, TaskStats, start_metrics_server
+
+        stats = TaskStats()
+        collector = NodeCollector(node, stats, lambda: out.dropped_lines, loop)
+        host, port = start_metrics_server(options.metrics, collector)
+        metrics_at = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+    def log_task(record: TaskLogRecord) -> None:
+        if stats is not None:
+            stats.record(record)
+        out.line(format_log_json(record) if out.as_json else format_log_human(record))
+
     server = TaskServer(
         node,
         handlers,
         max_concurrent=options.max_concurrent or DEFAULT_MAX_CONCURRENT,
         allow=allowed,
         expose_errors=options.expose_errors,
-        on_log=lambda record: out.line(
-            format_log_json(record) if out.as_json else format_log_human(record)
-        ),
+        on_log=log_task,
     )
     server.install()
     if options.perf:
         serve_perf(node, options.perf_max_download)
     try:
         addrs = full_addrs(node)
+        metrics_line = f"\nmetrics at {metrics_at}" if metrics_at else ""
         out.emit(
             "listening",
             f"p2pnode {node.peer_id} listening{' (perf on)' if options.perf else ''} on:\n  "
-            + "\n  ".join(addrs),
+            + "\n  ".join(addrs)
+            + metrics_line,
             peer_id=str(node.peer_id),
             addrs=addrs,
             kinds=sorted(handlers),
             mdns=options.mdns,
             perf=options.perf,
+            metrics=metrics_at,
         )
         open_to = _reachable_listen_addrs(node)
         if (options.exec_specs or options.python_specs) and allowed is None and open_to:

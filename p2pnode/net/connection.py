@@ -101,6 +101,8 @@ class Connection(asyncio.BufferedProtocol):
         self.muxer_protocol = muxer.protocol_id
         self.muxer_in_handshake = False  # chosen inside Noise, not by multistream-select
         self.negotiating_streams = 0  # inbound streams still choosing a protocol (Node's count)
+        self.bytes_received = 0  # on the wire, after the handshake
+        self.bytes_sent = 0
         self._slot_waiters: list[asyncio.Future[None]] = []  # open_stream calls queued
         self.opened_at = time.monotonic()
         self._on_inbound_stream = on_inbound_stream
@@ -274,6 +276,7 @@ class Connection(asyncio.BufferedProtocol):
         return _buffers.socket_view
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_received += nbytes
         buffers = _buffers
         try:
             plaintext = self._secure.receive_into(buffers.socket_view[:nbytes], buffers.plaintext)
@@ -389,7 +392,9 @@ class Connection(asyncio.BufferedProtocol):
         out = self._muxer.data_to_send()
         if out and not self._transport.is_closing():
             transport = self._transport
-            transport.write(self._secure.encrypt(out))
+            sealed = self._secure.encrypt(out)
+            self.bytes_sent += len(sealed)
+            transport.write(sealed)
             if (
                 self.write_paused
                 and self._stall_handle is None
