@@ -91,8 +91,8 @@ def go_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
         (["ping", "--n", "20"], lambda r: len(r["samples_ms"]) == 20),
         (["task", "--n", "10", "--size", "1024"], lambda r: r["size"] == 1024),
         (
-            ["rate", "--n", "40", "--inflight", "4", "--connections", "2"],
-            lambda r: (r["tasks"], r["inflight"], r["connections"]) == (40, 4, 2),
+            ["rate", "--n", "400", "--inflight", "8", "--connections", "2"],
+            lambda r: (r["tasks"], r["inflight"], r["connections"]) == (400, 8, 2),
         ),
         *(
             (

@@ -16,16 +16,23 @@ What each figure contains:
 
 The bridge passes no half-close (a FIN closes the other side fully), so the task client
 writes its request and reads the length-prefixed response without closing its write side,
-and bulk transfers end by byte counts. Both ends allow only Noise (``-tls=false``) and go
-has only yamux. The daemons listen on 127.0.0.1 only and dial nothing by themselves: no
-bootstrap (no ``-b``), no DHT, no relay (``-relay=false``), AutoNAT, NAT port mapping and
-auto-relay off (their defaults); p2pd has no mDNS.
+and bulk transfers end by byte counts. The server's handlers never close first: when the
+unix side ends, p2pd closes the stream, and its other copy loop, failing on the closed
+stream, resets it (doStreamPipe); the reset can discard the answer's last bytes before the
+client's daemon has passed them on (seen: with 4 tasks in flight, a response was lost
+within a few thousand tasks). So a handler answers, then waits for the client to close.
+
+Both ends allow only Noise (``-tls=false``); go has only yamux. The daemons listen on
+127.0.0.1 and dial nothing by themselves: no bootstrap (no ``-b``), no DHT, no relay
+(``-relay=false``); AutoNAT, NAT port mapping and auto-relay are off by default; p2pd has
+no mDNS.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -61,6 +68,7 @@ TASK = "/p2pnode/task/1.0.0"
 FLAGS = ["-tls=false", "-relay=false"]  # Noise only; see the module docstring for the rest
 MAX_MESSAGE = 4 << 20  # task messages: up to 2 MiB of input plus JSON
 READ_SIZE = 1 << 20
+HOLD = 30.0  # seconds a server handler waits, after its answer, for the client to close
 CLIENT_DEADLINE = 270.0  # seconds; run.py kills a client after 300 s, this reports why instead
 
 Reader = asyncio.StreamReader
@@ -89,8 +97,16 @@ async def discard(reader: Reader, size: int) -> None:
 # --- server: go's host, with the task and bulk handlers in Python behind the bridge ---------
 
 
+async def until_client_closes(reader: Reader) -> None:
+    """Hold the stream open until the client closes it (see the module docstring)."""
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        async with asyncio.timeout(HOLD):
+            while await reader.read(READ_SIZE):
+                pass
+
+
 async def task_handler(info: StreamInfo, reader: Reader, writer: Writer) -> None:
-    """docs/task-protocol.md with the echo handler; the daemon closes the stream after it."""
+    """docs/task-protocol.md with the echo handler."""
     request = json.loads(await read_delimited(reader, MAX_MESSAGE))
     ok = isinstance(request, dict) and isinstance(request.get("input"), str)
     response: dict[str, Any] = {
@@ -105,6 +121,7 @@ async def task_handler(info: StreamInfo, reader: Reader, writer: Writer) -> None
         response["error"] = {"code": "unknown_kind", "message": "kinds: default"}
     writer.write(frame(response))
     await writer.drain()
+    await until_client_closes(reader)
 
 
 async def bulk_handler(info: StreamInfo, reader: Reader, writer: Writer) -> None:
@@ -117,6 +134,7 @@ async def bulk_handler(info: StreamInfo, reader: Reader, writer: Writer) -> None
         await discard(reader, size)
         writer.write(b"\x01")
         await writer.drain()
+    await until_client_closes(reader)
 
 
 async def serve(args: argparse.Namespace) -> None:
