@@ -239,9 +239,14 @@ async def task(go: P2pd, target: Target, args: argparse.Namespace) -> dict[str, 
 async def rate(go: P2pd, target: Target, args: argparse.Namespace) -> dict[str, Any]:
     """One daemon (one go host) per connection: a host keeps one connection to a peer."""
     async with AsyncExitStack() as stack:
-        daemons = [go]
-        for _ in range(args.connections - 1):
-            daemons.append(await stack.enter_async_context(P2pd(extra_args=FLAGS)))
+        others = [P2pd(extra_args=FLAGS) for _ in range(args.connections - 1)]
+        for daemon in others:
+            stack.push_async_callback(daemon.stop)
+        outcomes = await asyncio.gather(*(d.start() for d in others), return_exceptions=True)
+        for failure in outcomes:  # raised once all have finished starting, so all are stopped
+            if isinstance(failure, BaseException):
+                raise failure
+        daemons = [go, *others]
         for daemon in daemons:
             await target.connect(daemon)
         text = "x" * 64
