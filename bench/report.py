@@ -9,6 +9,7 @@ P2P = "p2pnode (asyncio)"
 FLOOR = "floor (asyncio)"
 PYLIBP2P = "py-libp2p 0.8.1"
 JS = "js-libp2p 3.3.11"
+GO = "go-libp2p 0.32.1 (p2pd)"
 
 LATENCY_ROWS = [
     ("connect", "connection set-up (TCP+multistream+Noise+muxer)"),
@@ -18,7 +19,8 @@ LATENCY_ROWS = [
     ("task_64k", "task round trip, 64 KiB"),
     ("task_1m", "task round trip, 1 MiB"),
 ]
-RATIO_HEADER = " | p2pnode/floor | p2pnode/py-libp2p | p2pnode/js |"
+RATIO_HEADER = " | p2pnode/floor | p2pnode/py-libp2p | p2pnode/js | p2pnode/go |"
+OTHERS = (FLOOR, PYLIBP2P, JS, GO)
 THROUGHPUT_ROWS = [
     ("throughput_1_up", "1 stream, client to server"),
     ("throughput_1_down", "1 stream, server to client"),
@@ -190,17 +192,21 @@ def markdown(data: dict[str, Any]) -> str:
         "are p2pnode / other, taken per round: the median, with the lowest and highest round "
         "in brackets. Figures are pooled over the rounds (latency) or the median round.",
         "",
+        f"{GO} is driven through its daemon: its server's ping is pure go, but connect, "
+        "tasks and rates include control-socket round trips, and tasks and bulk transfers "
+        "the daemon's unix-socket bridge and a Python handler (bench/contenders/go_bench.py).",
+        "",
         "## Latency (ms, p50 / p99)",
         "",
         "| figure | " + " | ".join(names) + RATIO_HEADER,
-        "|---" * (len(names) + 4) + "|",
+        "|---" * (len(names) + 1 + len(OTHERS)) + "|",
     ]
     for key, label in LATENCY_ROWS:
         cells = []
         for name in names:
             entry = _result(data, name, key)
             cells.append(f"{_fmt(entry['p50_ms'])} / {_fmt(entry['p99_ms'])}" if entry else "n/a")
-        ratios = [ratio_cell(data, key, "p50_ms", other) for other in (FLOOR, PYLIBP2P, JS)]
+        ratios = [ratio_cell(data, key, "p50_ms", other) for other in OTHERS]
         lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
     for title, rows, field in (
         (
@@ -214,14 +220,12 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             f"## {title}",
             "",
-            "| figure | "
-            + " | ".join(names)
-            + " | p2pnode/floor | p2pnode/py-libp2p | p2pnode/js |",
-            "|---" * (len(names) + 4) + "|",
+            "| figure | " + " | ".join(names) + RATIO_HEADER,
+            "|---" * (len(names) + 1 + len(OTHERS)) + "|",
         ]
         for key, label in rows:
             cells = [_fmt((_result(data, n, key) or {}).get(field)) for n in names]
-            ratios = [ratio_cell(data, key, field, other) for other in (FLOOR, PYLIBP2P, JS)]
+            ratios = [ratio_cell(data, key, field, other) for other in OTHERS]
             lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
     lines += [
         "",

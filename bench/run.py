@@ -58,6 +58,12 @@ def contenders() -> list[Contender]:
     if not PYLIBP2P.exists() or not script.exists():
         py.available, py.why_not = False, "not installed (bench/contenders/install_pylibp2p.sh)"
     found.append(py)
+    # go-libp2p through its p2pd daemon: ping is pure go on the server; tasks, bulk and
+    # connect include the daemon's unix-socket bridge or control round trips (go_bench.py)
+    go = Contender("go-libp2p 0.32.1 (p2pd)", [PY, "-m", "bench.contenders.go_bench"], scale=0.25)
+    if not os.access(ROOT / "tests" / "interop" / "go" / "bin" / "p2pd", os.X_OK):
+        go.available, go.why_not = False, "not installed (make go-peer)"
+    found.append(go)
     js = Contender("js-libp2p 3.3.11", ["node", str(ROOT / "bench" / "js" / "bench.mjs")])
     if shutil.which("node") is None or not (ROOT / "bench/js/node_modules/libp2p").is_dir():
         js.available, js.why_not = False, "not installed (cd bench/js && npm install)"
@@ -175,7 +181,7 @@ def contender_plan(contender: Contender, quick: bool) -> list[tuple[str, list[st
     """The steps for one contender: a quick run measures the slow libp2p contenders only
     where the targets or the latency plot compare p2pnode with them."""
     steps = plan(quick, contender.scale)
-    if quick and contender.name.startswith(("py-libp2p", "js-libp2p")):
+    if quick and contender.name.startswith(("py-libp2p", "js-libp2p", "go-libp2p")):
         steps = [step for step in steps if step[0] in QUICK_FIGURES_OTHERS]
     return steps
 
