@@ -8,6 +8,7 @@ Errors go to stderr and the exit code tells what kind of failure it was
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,8 +70,21 @@ class SafeGroup(click.Group):
 @click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(None, "-V", "--version", package_name="p2pnode")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
-def main(verbose: int) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Default options per command (TOML). Default: $XDG_CONFIG_HOME/p2pnode/config.toml",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int, config_path: str | None) -> None:
     """p2pnode: a libp2p-compatible peer-to-peer task exchange."""
+    from p2pnode.cli.config import ConfigError, load_defaults
+
+    try:
+        ctx.default_map = load_defaults(Path(config_path) if config_path else None, main)
+    except ConfigError as exc:
+        Output("--json" in sys.argv).error(str(exc), EXIT_ERROR)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     raise_open_file_limit()
