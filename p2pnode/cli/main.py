@@ -539,6 +539,18 @@ def find_command(
     )
 
 
+@main.command("status")
+@click.argument("peer_id", required=False)
+@json_option
+def status_command(peer_id: str | None, as_json: bool) -> None:
+    """Show what each running `p2pnode serve` of yours holds: connections, streams, tasks
+    (read from its control socket under $XDG_RUNTIME_DIR/p2pnode; PEER_ID: only that node)."""
+    from p2pnode.cli.status import status_cli
+
+    out = Output(as_json)
+    run_async(lambda: status_cli(out, peer_id), out)
+
+
 @main.command("peers")
 @click.option(
     "--timeout", type=Seconds(), default=2.0, show_default=True, help="Seconds to listen."

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +216,12 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         on_log=log_task,
     )
     server.install()
+    from p2pnode.cli.status import node_status, open_status_endpoint
+
+    started = time.monotonic()
+    status_server, status_path = await open_status_endpoint(
+        node, lambda: node_status(node, server.running, started)
+    )
     if options.perf:
         serve_perf(node, options.perf_max_download)
     try:
@@ -270,6 +278,9 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
             shutdown.result()
             forced_stop = -1
     finally:
+        status_server.close()
+        with contextlib.suppress(OSError):
+            status_path.unlink()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
