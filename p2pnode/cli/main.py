@@ -54,8 +54,38 @@ muxer_option = click.option(
 )
 
 
+_GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet", "-V", "--version"}
+_GLOBAL_WITH_VALUE = {"--log-level", "--config"}
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Global options given after the command move before it: ``p2pnode ping ADDR -v``
+    means ``p2pnode -v ping ADDR``. Anything after ``--`` stays where it is."""
+    start = 0
+    while start < len(args) and args[start].startswith("-"):
+        start += 2 if args[start] in _GLOBAL_WITH_VALUE else 1
+    if start >= len(args):
+        return args
+    moved: list[str] = []
+    kept: list[str] = []
+    rest = iter(args[start + 1 :])
+    for arg in rest:
+        if arg == "--":
+            kept += [arg, *rest]
+        elif arg in _GLOBAL_FLAGS or (arg.partition("=")[0] in _GLOBAL_WITH_VALUE and "=" in arg):
+            moved.append(arg)
+        elif arg in _GLOBAL_WITH_VALUE:
+            moved += [arg, next(rest, "")]
+        else:
+            kept.append(arg)
+    return [*args[:start], *moved, args[start], *kept]
+
+
 class SafeGroup(click.Group):
     """A group whose commands never end in a traceback: unexpected errors are one line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -67,9 +97,20 @@ class SafeGroup(click.Group):
             internal_error(exc, Output(as_json))
 
 
-@click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=SafeGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.version_option(None, "-V", "--version", package_name="p2pnode")
-@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
+@click.option(
+    "-v", "--verbose", count=True, help="More log output on stderr (-vv: debug). Anywhere."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log level on stderr (overrides -v and -q).",
+)
 @click.option(
     "--config",
     "config_path",
@@ -77,7 +118,9 @@ class SafeGroup(click.Group):
     help="Default options per command (TOML). Default: $XDG_CONFIG_HOME/p2pnode/config.toml",
 )
 @click.pass_context
-def main(ctx: click.Context, verbose: int, config_path: str | None) -> None:
+def main(
+    ctx: click.Context, verbose: int, quiet: bool, log_level: str | None, config_path: str | None
+) -> None:
     """p2pnode: a libp2p-compatible peer-to-peer task exchange."""
     from p2pnode.cli.config import ConfigError, load_defaults
 
@@ -86,6 +129,10 @@ def main(ctx: click.Context, verbose: int, config_path: str | None) -> None:
     except ConfigError as exc:
         Output("--json" in sys.argv).error(str(exc), EXIT_ERROR)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    if log_level:
+        level = getattr(logging, log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     raise_open_file_limit()
 
