@@ -54,3 +54,8 @@ def test_id_of_a_peer_nobody_listens_for_is_one_line_and_exit_3(cli_env: dict[st
     nobody = Identity.generate().peer_id
     result = run(cli_env, "id", f"/ip4/127.0.0.1/tcp/1/p2p/{nobody}", "--timeout", "5")
     assert "could not connect" in one_line_error(result, 3)
+
+
+def test_a_key_file_that_cannot_be_created_is_named_in_the_error(cli_env: dict[str, str]) -> None:
+    error = one_line_error(run(cli_env, "id", "--identity", "/proc/p2pnode-test.key"), 1)
+    assert "cannot create the key file /proc/p2pnode-test.key" in error and ".tmp" not in error

@@ -313,7 +313,14 @@ def load_identity(path: str | None, ephemeral: bool, out: Output) -> Identity:
         return Identity.load_or_create(key_path)
     except P2PError as exc:
         out.error(str(exc), EXIT_ERROR)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # the message names the key file, not a temporary one
+        verb = "use" if key_path.exists() else "create"
+        out.error(
+            f"cannot {verb} the key file {key_path}: {exc.strerror or exc} "
+            "(choose another with --identity, or --ephemeral)",
+            EXIT_ERROR,
+        )
+    except ValueError as exc:
         out.error(f"cannot use the key file {key_path}: {exc}", EXIT_ERROR)
 
 
