@@ -14,7 +14,7 @@ from p2pnode.protocols.identify_service import PUSH_PROTOCOL_ID
 from p2pnode.wire.framing import encode_frame
 from p2pnode.wire.identity import Identity, PeerId
 
-from .conftest import addr_of, start_node
+from .conftest import LOOPBACK, addr_of, start_node
 
 EXTRA = "/test/extra/1.0.0"
 
@@ -54,6 +54,30 @@ async def test_new_connections_are_identified_both_ways_when_asked() -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_new_connection_is_identified_over_itself() -> None:
+    """A peer back with the same identity and a new address, its old connection not yet
+    closed: identify must ask the new connection, or the old address is all we keep."""
+    identity = Identity.generate()
+    a = await start_node()
+    a.identify_service.on_connect = True
+    heard = watch(a)
+    old = await Node.start(identity, [LOOPBACK])
+    new = await Node.start(identity, [LOOPBACK])
+    try:
+        await old.dial(addr_of(a))
+        await next_about(heard, identity.peer_id)
+        await new.dial(addr_of(a))
+        async with asyncio.timeout(5):  # the listener is done half a round trip later
+            while len(a.connections(identity.peer_id)) < 2:  # two to one PeerId
+                await asyncio.sleep(0.001)
+        info = await next_about(heard, identity.peer_id)
+        assert info.listen_addrs == new.listen_addrs
+        assert new.listen_addrs[0] in a.peer_store.addrs(identity.peer_id)
+    finally:
+        for node in (a, old, new):
+            await node.stop()
 
 
 async def test_a_new_or_removed_protocol_is_pushed_to_connected_peers() -> None:

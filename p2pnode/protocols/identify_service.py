@@ -60,9 +60,13 @@ class IdentifyService:
         """Call ``callback(peer_id, info)`` whenever a peer tells us about itself."""
         self._subscribers.append(callback)
 
-    async def identify(self, peer: PeerId) -> IdentifyInfo:
-        """Ask ``peer`` to describe itself; remember and announce what it says."""
-        stream = await self._host.new_stream(peer, [identify.PROTOCOL_ID])
+    async def identify(self, peer: PeerId, conn: Connection | None = None) -> IdentifyInfo:
+        """Ask ``peer`` (over ``conn``, if given) to describe itself; remember and announce
+        what it says."""
+        if conn is not None:
+            stream = await conn.new_stream([identify.PROTOCOL_ID])
+        else:
+            stream = await self._host.new_stream(peer, [identify.PROTOCOL_ID])
         try:
             async with asyncio.timeout(IDENTIFY_TIMEOUT):
                 info = await identify.receive_identify(stream)
@@ -78,7 +82,7 @@ class IdentifyService:
         if not self.on_connect or self._closed or peer in self._identifying:
             return
         self._identifying.add(peer)
-        self._spawn(self._identify_quietly(peer))
+        self._spawn(self._identify_quietly(peer, conn))
 
     def changed(self) -> None:
         """What this node serves changed: push the news to connected peers (coalesced)."""
@@ -105,9 +109,12 @@ class IdentifyService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _identify_quietly(self, peer: PeerId) -> None:
+    async def _identify_quietly(self, peer: PeerId, conn: Connection) -> None:
+        # over the new connection itself: an older one to the same PeerId may lead to a
+        # previous run of that peer (restarted elsewhere, its old connection not yet seen
+        # to be dead), whose answer would keep its stale addresses in the peer store
         try:
-            await self.identify(peer)
+            await self.identify(peer, conn)
         except (P2PError, TimeoutError, OSError) as exc:
             log.debug("identify of %s failed: %s", peer, exc)
         finally:

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +102,20 @@ class JsDhtPeer(JsListener):
         await self.proc.wait()
 
 
-async def start_js_dht() -> JsDhtPeer:
-    """Start a js DHT server on 127.0.0.1 with an empty routing table."""
+async def start_js_dht(listen: str | None = None, prefix: Sequence[str] = ()) -> JsDhtPeer:
+    """Start a js DHT server on 127.0.0.1 (or ``listen``) with an empty routing table.
+
+    ``prefix`` wraps the command, e.g. ``ip netns exec NS`` to run it in a namespace.
+    """
     node = require_js_dht()
     fd, name = tempfile.mkstemp(prefix="js-dht-", suffix=".stderr")
     stderr = Path(name)
     try:
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             node,
             str(DHT_SCRIPT),
+            *(("--listen", listen) if listen is not None else ()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=fd,

@@ -297,6 +297,8 @@ class P2pd:
     """One p2pd process: a go-libp2p host listening on loopback, driven over a unix socket.
 
     ``key_file`` is a libp2p protobuf ``PrivateKey`` (so the PeerId is known in advance).
+    ``prefix`` (e.g. ``ip netns exec NS``) runs it elsewhere: the unix control socket is a
+    file, so it reaches into a network namespace.
     Use ``async with P2pd(...) as go:`` or :meth:`start` / :meth:`stop`.
     """
 
@@ -306,8 +308,10 @@ class P2pd:
         host_addrs: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
         extra_args: Iterable[str] = (),
         request_timeout: float = 20.0,
+        prefix: Iterable[str] = (),
     ) -> None:
         self.key_file = key_file
+        self.prefix = list(prefix)  # wraps the command, e.g. ``ip netns exec NS``
         self.host_addrs = list(host_addrs)
         self.extra_args = list(extra_args)
         self.request_timeout = request_timeout
@@ -349,7 +353,7 @@ class P2pd:
         """Start the daemon and wait until it printed its banner (its sockets are then open)."""
         binary = require_p2pd()
         self._dir = Path(tempfile.mkdtemp(prefix="p2pd-"))  # short: unix paths max 107 bytes
-        argv = [str(binary), "-listen", f"/unix{self.control_path}"]
+        argv = [*self.prefix, str(binary), "-listen", f"/unix{self.control_path}"]
         argv += ["-hostAddrs", ",".join(self.host_addrs)]
         if self.key_file is not None:
             argv += ["-id", str(self.key_file)]

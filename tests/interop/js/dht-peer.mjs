@@ -1,11 +1,12 @@
 // js-libp2p Kademlia DHT test peer for p2pnode's interop tests (tests/interop/test_js_dht.py).
 //
-//   node dht-peer.mjs [--port N]
+//   node dht-peer.mjs [--port N | --listen MULTIADDR]
 //
 // A DHT server (@libp2p/kad-dht, protocol /ipfs/kad/1.0.0, clientMode false) with tcp,
-// noise, yamux, identify and ping, listening on 127.0.0.1 only. It has no bootstrap list,
+// noise, yamux, identify and ping, listening on 127.0.0.1 only (or on --listen, e.g. an
+// address inside a private network namespace: /ip4/10.214.1.3/tcp/0). It has no bootstrap list,
 // no mDNS and no other peer discovery: it knows only the peers the test makes it dial or
-// that dial it, and its DHT keeps only private (here: loopback) addresses of peers.
+// that dial it, and its DHT keeps only private (loopback, 10.x, ...) addresses of peers.
 //
 // Every stdout line is one JSON object. The first is {"event": "listening", peer_id, addrs}.
 // Then, as they happen: {"event": "connection"|"disconnection", peer_id},
@@ -72,7 +73,7 @@ function parseArgs (argv) {
 
 const options = parseArgs(process.argv.slice(2))
 const node = await createLibp2p({
-  addresses: { listen: [`/ip4/127.0.0.1/tcp/${options.port ?? 0}`] },
+  addresses: { listen: [options.listen ?? `/ip4/127.0.0.1/tcp/${options.port ?? 0}`] },
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
