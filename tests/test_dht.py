@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +189,23 @@ def test_a_provider_needs_a_listen_address() -> None:
             await node.stop()
 
     asyncio.run(run())
+
+
+async def test_peers_lists_the_dht_peers_next_to_where_they_came_from(
+    network: list[Node], tmp_path: Path
+) -> None:
+    bootstrap = str(network[0].listen_addrs[0].with_peer_id(network[0].peer_id))
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "c"), XDG_CACHE_HOME=str(tmp_path / "d"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pnode", "peers", "--no-mdns", "--bootstrap", bootstrap,
+        "--timeout", "5", "--json", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    events = [json.loads(line) for line in stdout.splitlines()]
+    peers = {e["peer_id"]: e for e in events if e["event"] == "peer"}
+    assert set(peers) == {str(n.peer_id) for n in network}
+    assert all(e["sources"] == ["dht"] for e in peers.values())
+    assert all(e["agent_version"].startswith("p2pnode/") for e in peers.values())
+    assert events[-1] == {"event": "summary", "count": len(network), "timeout_s": 5.0}

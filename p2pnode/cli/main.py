@@ -609,16 +609,39 @@ def status_command(peer_id: str | None, as_json: bool) -> None:
     help="Ask each peer what it serves.",
 )
 @click.option("--watch", is_flag=True, help="Print discovered/expired events as they happen.")
+@click.option("--no-mdns", is_flag=True, help="Do not listen for mDNS (with --bootstrap).")
+@bootstrap_option
+@dht_protocol_option
 @json_option
-def peers_command(timeout: float, identify: bool, watch: bool, as_json: bool) -> None:
-    """List the peers found on the local network with mDNS (or --watch them come and go)."""
+def peers_command(
+    timeout: float,
+    identify: bool,
+    watch: bool,
+    no_mdns: bool,
+    bootstrap: tuple[str, ...],
+    dht_protocol: str,
+    as_json: bool,
+) -> None:
+    """List the peers found on the local network with mDNS (or --watch them come and go)
+    and, with --bootstrap, the DHT peers closest to us; each says where it came from."""
     from p2pnode.cli.sendtask import list_peers, watch_peers
 
     out = Output(as_json)
     if watch:
         run_async(lambda: watch_peers(out, timeout=timeout), out)
-    else:
-        run_async(lambda: list_peers(out, timeout=timeout, identify=identify), out)
+        return
+    if no_mdns and not bootstrap:
+        out.error("--no-mdns leaves nothing to ask: give --bootstrap MADDR", EXIT_ERROR)
+    run_async(
+        lambda: list_peers(
+            out,
+            timeout=timeout,
+            identify=identify,
+            mdns=not no_mdns,
+            dht=_dht_config(bootstrap, dht_protocol) if bootstrap else None,
+        ),
+        out,
+    )
 
 
 if __name__ == "__main__":

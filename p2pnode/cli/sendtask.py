@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from p2pnode.errors import (
@@ -196,52 +197,132 @@ async def watch_peers(out: Output, *, timeout: float) -> None:
         await discovery.stop()
 
 
-async def list_peers(out: Output, *, timeout: float, identify: bool) -> None:
-    """``p2pnode peers``: listen for mDNS announcements for ``timeout`` seconds and list peers."""
-    node = Node(Identity.generate(), NodeConfig(keepalive_interval=None))
-    from p2pnode.routing.mdns import MdnsDiscovery, PeerDiscovered
+def _seen_in_dht(peer: PeerId, addrs: list[Multiaddr]) -> DiscoveredPeer:
+    from p2pnode.routing.mdns import DiscoveredPeer
 
-    discovery = MdnsDiscovery(node.peer_id, [])
+    return DiscoveredPeer(peer, tuple(addrs), 0.0, 0.0)
+
+
+async def list_peers(
+    out: Output,
+    *,
+    timeout: float,
+    identify: bool,
+    mdns: bool = True,
+    dht: DhtConfig | None = None,
+) -> None:
+    """``p2pnode peers``: peers announced by mDNS within ``timeout`` seconds and, with a
+    ``dht``, the DHT peers closest to us (found by a lookup); each says where it came from."""
+    node = Node(Identity.generate(), NodeConfig(keepalive_interval=None, dht=dht))
     found: dict[PeerId, DiscoveredPeer] = {}
+    sources: dict[PeerId, list[str]] = {}
 
-    async def collect() -> None:
-        async for event in discovery.events():
-            if isinstance(event, PeerDiscovered):
-                found[event.peer.peer_id] = event.peer
+    async def from_dht() -> None:
+        assert node.dht is not None
+        await node.dht.start()
+        await node.dht.bootstrap()
+        for peer in await node.dht.closest_peers(node.peer_id.to_bytes(), timeout=timeout):
+            addrs = node.peer_store.addrs(peer)
+            found.setdefault(peer, _seen_in_dht(peer, addrs))
+            sources.setdefault(peer, []).append("dht")
 
-    await discovery.start()
-    collector = asyncio.create_task(collect())
     try:
-        await asyncio.sleep(timeout)  # the listening window the user asked for
-        for peer in discovery.peers():
-            found.setdefault(peer.peer_id, peer)
-    finally:
-        collector.cancel()
-        await asyncio.gather(collector, return_exceptions=True)
-        await discovery.stop()
-    try:
-        for peer in found.values():
-            fields: dict[str, Any] = {
-                "peer_id": str(peer.peer_id),
-                "addrs": [str(a) for a in peer.addrs],
-            }
-            if identify:
-                try:
-                    await node.dial_first(peer.peer_id, peer.addrs)
-                    info = await node.identify(peer.peer_id)
-                    fields.update(agent_version=info.agent_version, protocols=info.protocols)
-                except P2PError as exc:
-                    fields["identify_error"] = str(exc)
-            human = f"{peer.peer_id}  " + " ".join(fields["addrs"])
-            if "agent_version" in fields:
-                human += f"  ({fields['agent_version']})"
-            out.emit("peer", human, **fields)
+        await _discover(
+            node.peer_id, timeout, mdns, found, sources, from_dht if dht is not None else None
+        )
+        await _print_peers(out, node, found, sources, identify)
     finally:
         await node.stop()
     if out.as_json:
         out.emit("summary", "", count=len(found), timeout_s=timeout)
     elif not found:
         print(
-            f"no peers answered within {timeout}s: are they running with mDNS on this network?",
+            f"no peers answered within {timeout}s: are they running with mDNS on this network"
+            + (" or in the DHT?" if dht is not None else "?"),
             file=sys.stderr,
         )
+
+
+async def _discover(
+    own_id: PeerId,
+    timeout: float,
+    mdns: bool,
+    found: dict[PeerId, DiscoveredPeer],
+    sources: dict[PeerId, list[str]],
+    from_dht: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Listen to mDNS for ``timeout`` seconds while the DHT lookup (if any) runs."""
+    lookup = asyncio.ensure_future(from_dht()) if from_dht is not None else None
+    try:
+        if mdns:
+            await _listen_mdns(own_id, timeout, found, sources)
+        if lookup is not None:
+            try:
+                async with asyncio.timeout(timeout + 5):
+                    await lookup
+            except TimeoutError:
+                raise P2PTimeoutError(
+                    f"the DHT lookup did not end within {timeout + 5:g}s"
+                ) from None
+    finally:
+        if lookup is not None and not lookup.done():
+            lookup.cancel()
+            await asyncio.gather(lookup, return_exceptions=True)
+
+
+async def _listen_mdns(
+    own_id: PeerId,
+    timeout: float,
+    found: dict[PeerId, DiscoveredPeer],
+    sources: dict[PeerId, list[str]],
+) -> None:
+    from p2pnode.routing.mdns import MdnsDiscovery, PeerDiscovered
+
+    discovery = MdnsDiscovery(own_id, [])
+
+    def seen(peer: DiscoveredPeer) -> None:
+        found[peer.peer_id] = peer
+        if "mdns" not in sources.setdefault(peer.peer_id, []):
+            sources[peer.peer_id].insert(0, "mdns")
+
+    async def collect() -> None:
+        async for event in discovery.events():
+            if isinstance(event, PeerDiscovered):
+                seen(event.peer)
+
+    await discovery.start()
+    collector = asyncio.create_task(collect())
+    try:
+        await asyncio.sleep(timeout)  # the listening window the user asked for
+        for peer in discovery.peers():
+            seen(peer)
+    finally:
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+        await discovery.stop()
+
+
+async def _print_peers(
+    out: Output,
+    node: Node,
+    found: dict[PeerId, DiscoveredPeer],
+    sources: dict[PeerId, list[str]],
+    identify: bool,
+) -> None:
+    for peer in found.values():
+        fields: dict[str, Any] = {
+            "peer_id": str(peer.peer_id),
+            "addrs": [str(a) for a in peer.addrs],
+            "sources": sources.get(peer.peer_id, ["mdns"]),
+        }
+        if identify:
+            try:
+                await node.dial_first(peer.peer_id, peer.addrs)
+                info = await node.identify(peer.peer_id)
+                fields.update(agent_version=info.agent_version, protocols=info.protocols)
+            except P2PError as exc:
+                fields["identify_error"] = str(exc)
+        human = f"{peer.peer_id} [{','.join(fields['sources'])}]  " + " ".join(fields["addrs"])
+        if "agent_version" in fields:
+            human += f"  ({fields['agent_version']})"
+        out.emit("peer", human, **fields)
