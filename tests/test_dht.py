@@ -14,8 +14,9 @@ import pytest
 
 from p2pnode import Identity, Node, NodeConfig
 from p2pnode.errors import DiscoveryError, LocalProtocolError, RecordError, StreamResetError
+from p2pnode.net.stream import Stream
 from p2pnode.protocols.kad.dht import DhtConfig, DhtMode
-from p2pnode.protocols.kad.rpc import read_message
+from p2pnode.protocols.kad.rpc import MAX_REQUESTS_PER_STREAM, read_message
 from p2pnode.wire.kad import Message, MessageType, pk_record_key, provider_key_for_kind
 from p2pnode.wire.kad.messages import MessageReader, PeerInfo, frame_message
 
@@ -209,3 +210,62 @@ async def test_peers_lists_the_dht_peers_next_to_where_they_came_from(
     assert all(e["sources"] == ["dht"] for e in peers.values())
     assert all(e["agent_version"].startswith("p2pnode/") for e in peers.values())
     assert events[-1] == {"event": "summary", "count": len(network), "timeout_s": 5.0}
+
+
+async def read_all(stream: Stream) -> list[Message]:
+    """Every message the peer sends until it closes the stream."""
+    reader, messages = MessageReader(), []
+    while chunk := await stream.read(1 << 16):
+        messages += reader.receive_data(chunk)
+    return messages
+
+
+async def test_a_find_node_flood_is_answered_and_others_are_still_served() -> None:
+    server = await dht_node()
+    flooder = await dht_node(DhtMode.CLIENT, bootstrap=server)
+    other = await dht_node(DhtMode.CLIENT, bootstrap=server)
+    try:
+        assert server.dht is not None and other.dht is not None
+        stream = await flooder.new_stream(address(server), [server.dht.config.protocol_id])
+        target = Identity.generate().peer_id.to_bytes()
+        await stream.write(frame_message(Message(MessageType.FIND_NODE, target)) * 2000)
+        answers = await asyncio.wait_for(read_all(stream), 60)
+        # answered in order up to the per-stream cap, then the stream is closed
+        assert len(answers) == MAX_REQUESTS_PER_STREAM
+        assert all(a.type == MessageType.FIND_NODE for a in answers)
+        await other.dht.bootstrap()
+        closest = await asyncio.wait_for(other.dht.closest_peers(target, 10), 20)
+        assert closest == [server.peer_id]  # the flooded node still answers others' lookups
+        assert len(await other.ping(server.peer_id)) == 1
+    finally:
+        for node in (flooder, other, server):
+            await node.stop()
+
+
+async def test_a_provider_record_flood_from_one_peer_stays_within_its_cap() -> None:
+    server = await dht_node()
+    flooder = await dht_node(bootstrap=server)
+    try:
+        assert server.dht is not None and flooder.dht is not None
+        me = PeerInfo(flooder.peer_id, tuple(flooder.listen_addrs))
+        for batch in range(6):  # 3,000 records for as many keys, from one peer
+            stream = await flooder.new_stream(address(server), [server.dht.config.protocol_id])
+            await stream.write(
+                b"".join(
+                    frame_message(
+                        Message(
+                            MessageType.ADD_PROVIDER,
+                            provider_key_for_kind(f"k{batch}-{i}"),
+                            provider_peers=(me,),
+                        )
+                    )
+                    for i in range(500)
+                )
+            )
+            await stream.close()  # the server closes its side once it has handled them all
+            assert await asyncio.wait_for(read_all(stream), 30) == []
+        assert len(server.dht.providers) == 1000  # the per-peer cap
+        assert len(await flooder.ping(server.peer_id)) == 1
+    finally:
+        await flooder.stop()
+        await server.stop()
