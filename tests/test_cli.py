@@ -399,3 +399,53 @@ def test_unsupported_address_parts_are_errors_not_silently_dropped(
     assert "/ws is not supported yet" in one_line_error(listen_ws)
     foreign = f"/ip4/127.0.0.1/tcp/0/p2p/{peer}"
     assert "names peer" in one_line_error(run(cli_env, "serve", "--ephemeral", "--listen", foreign))
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+async def test_serve_gives_back_the_memory_a_peer_made_it_hold(cli_env: dict[str, str]) -> None:
+    """A peer fills the windows of 32 ping streams and takes none of the echo (the node
+    holds what its limits allow, ~40 MiB); once it is gone, serve's RSS comes back."""
+    import asyncio
+
+    from p2pnode.node import Node
+    from p2pnode.protocols.ping import PROTOCOL_ID as PING_ID
+
+    serve = Process([*P2PNODE, "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns",
+                     "--dht", "off", "--json", "--ephemeral"], cli_env)  # fmt: skip
+    client = await Node.start()
+    try:
+        addr = serve.event("listening")["addrs"][0]
+        pid = serve.proc.pid
+        conn = await client.dial(addr)
+        assert len(await client.ping(addr, count=5)) == 5
+        before = _rss(pid)
+        streams = [await conn.new_stream([PING_ID]) for _ in range(32)]
+        conn._transport.pause_reading()
+        block = bytes(1 << 20)
+
+        async def fill(stream: object) -> None:
+            while True:  # until the windows are full: the write waits for credit
+                await stream.write(block)  # type: ignore[attr-defined]
+
+        writers = [asyncio.ensure_future(fill(s)) for s in streams]
+        async with asyncio.timeout(20):
+            while _rss(pid) < before + (30 << 20):
+                await asyncio.sleep(0.05)
+        for writer in writers:
+            writer.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
+        peak = _rss(pid)
+        conn._transport.abort()
+        deadline = time.monotonic() + 10
+        while _rss(pid) > before + (10 << 20) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        after = _rss(pid)
+        rss_mib = f"RSS {before >> 20} -> {peak >> 20} -> {after >> 20} MiB"
+        assert after <= before + (10 << 20), rss_mib
+    finally:
+        await client.stop()
+        assert serve.stop() == 0

@@ -149,6 +149,23 @@ def test_frames_split_anywhere_reassemble(data: bytes, cuts: list[int]) -> None:
     assert b"".join(b.receive_data(p) for p in pieces) == data + b"tail"
 
 
+@pytest.mark.parametrize("early_call", [True, False], ids=["listener", "no-early-read"])
+def test_what_followed_the_handshake_is_kept_whatever_its_cut(early_call: bool) -> None:
+    """The bytes read with the last handshake message (the peer's first transport
+    messages, pipelined) may hold whole messages and the start of the next: none is lost,
+    whether the listener decrypts them at once (``receive_data(b"")``) or not."""
+    messages = [bytes([i]) * (50 + 40 * i) for i in range(4)]
+    for cut in range(1, 300):
+        sender = NoiseTransport(b"a" * 32, b"b" * 32)
+        ciphertext = b"".join(sender.encrypt(m) for m in messages)
+        # what NoiseHandshake.transport() hands over: the bytes read past message 3
+        receiver = NoiseTransport(b"b" * 32, b"a" * 32, ciphertext[:cut])
+        received = receiver.receive_data(b"") if early_call else b""
+        for start in range(cut, len(ciphertext), 37):
+            received += receiver.receive_data(ciphertext[start : start + 37])
+        assert received == b"".join(messages), f"cut at {cut}"
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_any_bytes_to_a_handshake_give_our_error_or_progress(data: bytes) -> None:

@@ -894,3 +894,41 @@ async def test_a_peer_that_does_not_read_its_answers_gets_busy_not_more_memory(
     body = await read_frame(unread, 2 * size)  # the first peer reads at last
     assert body is not None and len(decode_response(body).output) == size
     await wait_until(lambda: server.answer_memory.node.used == 0)
+
+
+async def test_busy_replies_to_a_peer_that_does_not_read_hold_no_outputs(
+    make_server: MakeServer, client: Node
+) -> None:
+    """Outputs refused for want of answer memory are dropped at once, even while their
+    ``busy`` replies wait for a socket the peer does not drain."""
+    size = 12 << 20  # more than loopback's socket buffers take: the connection backs up
+    gate = Gate()
+
+    async def big(request: TaskRequest) -> str:
+        await gate(request)  # every task is past negotiation before any output is written
+        return "x" * size
+
+    server = await make_server(
+        {"default": PythonHandler(big)},
+        max_response_size=2 * size,
+        max_answer_memory_per_peer=size + (1 << 20),  # room for one answer
+    )
+    conn = await client.connect(addr_of(server.node))
+    request = encode_frame(msgspec.json.encode(TaskRequest("unread", "")))
+    for _ in range(9):
+        stream = await conn.new_stream([PROTOCOL_ID], optimistic=True)
+        await stream.write(request)
+        await stream.close_write()
+    await gate.wait_entered(9)
+    conn._transport.pause_reading()  # we never read an answer
+    tracemalloc.start()
+    try:
+        gate.release.set()
+        await wait_until(lambda: server._answering == 9)  # one answer, eight busy replies
+        await asyncio.sleep(0.1)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the answer encoded (in the budget) and pieces of it on their way; each of the
+    # eight busy replies waiting for the socket used to keep its 12 MiB output alive
+    assert held < 3 * size, f"{held / 2**20:.0f} MiB held for 9 outputs of 12 MiB"

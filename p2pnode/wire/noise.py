@@ -314,6 +314,11 @@ class NoiseTransport:
         view = memoryview(data).cast("B")
         partial = self._partial
         head: list[int] = []
+        if len(partial) >= 2 and len(partial) >= 2 + _LENGTH.unpack_from(partial)[0]:
+            # More than the start of one message: what was read with the handshake's last
+            # message (whole messages, maybe the start of the next). Once per connection.
+            view = memoryview(bytes(partial) + view.tobytes())
+            partial.clear()
         if partial:
             # Complete the message split across reads with just the bytes it still needs.
             if len(partial) < 2:

@@ -193,6 +193,7 @@ class TaskServer:
                 started = time.perf_counter()  # latency_ms is the handler's time
                 output = await self._run(request, stream)
                 response = TaskResponse(request.task_id, output, _elapsed_ms(started))
+                del output  # the response holds it until _answer has encoded it
                 self._answering += 1
                 answering = True
             except _Rejected as rejected:
@@ -217,6 +218,10 @@ class TaskServer:
     async def _answer(self, stream: Stream, response: TaskResponse, peer: PeerId) -> TaskResponse:
         """Send ``response`` (or ``busy`` when the peer's answer memory is full); the one sent."""
         payload = encode_response(response)
+        # What waits for the peer is the encoded answer, which the budget counts; the
+        # text it was made from goes now (else a busy reply waiting for a peer that
+        # does not read would keep a whole output alive beside it, outside the budget).
+        response.output = ""
         size = len(payload)
         if not self.answer_memory.reserve(peer, size):
             unread = self.answer_memory.used_by(peer)
