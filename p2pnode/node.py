@@ -326,7 +326,13 @@ class Node:
         log.info("inbound handshake from %s failed: %s", addr, exc)
         self._emit(ConnectionEvent("handshake_failed", None, addr, "inbound", error=str(exc)))
 
+    def _stream_refused(self, conn: Connection, limit: int) -> None:
+        self.refusals.refuse(
+            "max_inbound_streams", str(conn.remote_peer), f"{limit} streams open on {conn!r}"
+        )
+
     def _register(self, conn: Connection) -> None:
+        conn.on_stream_refused = self._stream_refused
         self._connections.setdefault(conn.remote_peer, []).append(conn)
         conn.on_close(self._unregister)
         direction = "outbound" if conn.is_initiator else "inbound"

@@ -144,3 +144,19 @@ def test_limits_are_set_by_name_from_the_command_line() -> None:
                          ("max_inbound_streams=0", "positive")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             limits_with(Limits(), [bad])
+
+
+async def test_streams_over_the_muxers_inbound_limit_are_counted_as_refusals() -> None:
+    server = await limited_server(max_inbound_streams=4)
+    client = await start_node()
+    try:
+        conn = await client.dial(addr_of(server))
+        streams = [await conn.open_stream() for _ in range(10)]  # raw: they never negotiate
+        async with asyncio.timeout(10):
+            while server.refusals.counts["max_inbound_streams"] < 6:
+                await asyncio.sleep(0.01)
+        assert server.refusals.counts["max_inbound_streams"] == 6
+        assert len(streams) == 10
+    finally:
+        await client.stop()
+        await server.stop()

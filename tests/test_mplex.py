@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from p2pnode.errors import ConnectionClosedError, DecodeError, P2PError, StreamClosedError
 from p2pnode.wire.mplex import MplexConfig, MplexSession
-from p2pnode.wire.muxer import MuxerSession, StreamData, StreamEnded, StreamOpened, StreamReset
+from p2pnode.wire.muxer import (
+    MuxerSession,
+    StreamData,
+    StreamEnded,
+    StreamOpened,
+    StreamRefused,
+    StreamReset,
+)
 
 
 def pair(config: MplexConfig | None = None) -> tuple[MplexSession, MplexSession]:
@@ -119,6 +126,8 @@ def test_inbound_stream_limit_resets_the_excess() -> None:
     keys = [a.open_stream() for _ in range(3)]
     events = shuttle(a, b)
     assert [e for e in events if isinstance(e, StreamOpened)] == [StreamOpened(1), StreamOpened(3)]
+    # the receiver names the stream by its own key for a remote stream: number * 2 + 1
+    assert [e for e in events if isinstance(e, StreamRefused)] == [StreamRefused(keys[2] + 1, 2)]
     assert shuttle(b, a) == [StreamReset(keys[2], "reset by the peer")]
 
 

@@ -26,6 +26,7 @@ from p2pnode.wire.muxer import (
     StreamData,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
 )
 from p2pnode.wire.yamux import (
@@ -374,7 +375,11 @@ def test_max_inbound_streams_resets_the_excess() -> None:
     )
     ids = [client.open_stream() for _ in range(3)]
     client_events, server_events = exchange(client, server)
-    assert server_events == [StreamOpened(ids[0]), StreamOpened(ids[1])]
+    assert server_events == [
+        StreamOpened(ids[0]),
+        StreamOpened(ids[1]),
+        StreamRefused(ids[2], 2),  # reset, and said so: the node counts the refusal
+    ]
     assert client_events == [StreamReset(ids[2], "reset by peer")]
     assert server.stream_count == 2
     # Data the client sent before it saw the RST is dropped quietly.

@@ -42,6 +42,7 @@ from p2pnode.wire.muxer import (
     StreamData,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
 )
 from p2pnode.wire.noise import NoiseTransport
@@ -104,6 +105,8 @@ class Connection(asyncio.BufferedProtocol):
         self.bytes_received = 0  # on the wire, after the handshake
         self.bytes_sent = 0
         self._slot_waiters: list[asyncio.Future[None]] = []  # open_stream calls queued
+        # told when the muxer refuses an inbound stream over its limit (Node counts it)
+        self.on_stream_refused: Callable[[Connection, int], None] | None = None
         self.opened_at = time.monotonic()
         self._on_inbound_stream = on_inbound_stream
         self._streams: dict[int, Stream] = {}
@@ -375,6 +378,8 @@ class Connection(asyncio.BufferedProtocol):
         elif type(event) is GoAwayReceived:
             self._remote_goaway = True
             log.debug("%r: peer sent GoAway code %d", self, event.code)
+        elif type(event) is StreamRefused and self.on_stream_refused is not None:
+            self.on_stream_refused(self, event.limit)
 
     def _forget_if_done(self, stream: Stream) -> None:
         if stream._eof and stream._write_closed:

@@ -30,6 +30,7 @@ from p2pnode.wire.muxer import (
     StreamData,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
 )
 from p2pnode.wire.varint import decode_uvarint, encode_uvarint
@@ -182,6 +183,8 @@ class MplexSession:
             raise RemoteProtocolError(f"peer opened mplex stream {key // 2} twice")
         if self._going_away or self._inbound >= self.config.max_inbound_streams:
             self._out.append(_frame(key // 2, MplexFlag.RESET_RECEIVER))
+            if not self._going_away:
+                events.append(StreamRefused(key, self.config.max_inbound_streams))
             return
         self._streams[key] = _Stream()
         self._inbound += 1

@@ -59,6 +59,14 @@ class PongReceived:
 
 
 @dataclass(slots=True, frozen=True)
+class StreamRefused:
+    """We reset a stream the peer opened: it already had ``limit`` inbound streams open."""
+
+    stream_id: int
+    limit: int
+
+
+@dataclass(slots=True, frozen=True)
 class GoAwayReceived:
     """The peer will accept no new streams. ``code`` 0 is a normal shutdown."""
 
@@ -73,6 +81,7 @@ MuxerEvent = (
     | SendWindowOpened
     | PongReceived
     | GoAwayReceived
+    | StreamRefused
 )
 
 

@@ -47,6 +47,7 @@ from p2pnode.wire.muxer import (
     StreamData,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
 )
 
@@ -418,6 +419,8 @@ class YamuxSession:
             self._highest_remote_id = stream_id
         if self._local_goaway or self._inbound_count >= self.config.max_inbound_streams:
             self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
+            if not self._local_goaway:
+                events.append(StreamRefused(stream_id, self.config.max_inbound_streams))
             return None
         extra = self._grant()
         stream = _Stream(self._initial_window, self._initial_window + extra, True, extra)
