@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -932,3 +933,31 @@ async def test_busy_replies_to_a_peer_that_does_not_read_hold_no_outputs(
     # the answer encoded (in the budget) and pieces of it on their way; each of the
     # eight busy replies waiting for the socket used to keep its 12 MiB output alive
     assert held < 3 * size, f"{held / 2**20:.0f} MiB held for 9 outputs of 12 MiB"
+
+
+async def test_unfinished_requests_from_one_peer_are_held_within_its_share(
+    make_server: MakeServer, client: Node
+) -> None:
+    server = await make_server(max_request_memory_per_peer=4_000_000)
+    addr = addr_of(server.node)
+    # each stream announces a 1 MB request and sends 900 kB of it, never the rest
+    body = msgspec.json.encode(TaskRequest("t", "x" * 1_000_000))
+    unfinished = encode_uvarint(len(body)) + body[:900_000]
+    streams = [await client.new_stream(addr, [PROTOCOL_ID]) for _ in range(8)]
+    for stream in streams:
+        with contextlib.suppress(StreamResetError):  # the server may refuse it midway
+            await stream.write(unfinished)
+    await wait_until(lambda: server.request_memory.used_by(client.peer_id) >= 3_600_000)
+    assert server.request_memory.used_by(client.peer_id) <= 4_000_000  # four fit, no more
+    refusals = []
+    for stream in streams[4:]:  # told why, then reset
+        with contextlib.suppress(StreamResetError):
+            frame = await asyncio.wait_for(read_frame(stream, 1 << 20), 10)
+            refusals.append(decode_response(frame or b""))
+    assert refusals and all(r.error and r.error.code == "busy" for r in refusals)
+    assert "unfinished requests" in refusals[0].error.message  # type: ignore[union-attr]
+    small = await send_task(client, addr, "one read", timeout=10)  # small ones still run
+    assert small.output == "one read"
+    for stream in streams:
+        stream.reset()
+    await wait_until(lambda: server.request_memory.node.used == 0)

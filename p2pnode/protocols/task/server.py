@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_CONCURRENT = 128
 MAX_ANSWER_MEMORY = 128 * 1024 * 1024  # encoded answers not yet taken by their peers
 MAX_ANSWER_MEMORY_PER_PEER = 32 * 1024 * 1024
+# Requests still arriving (not yet whole) are held too: a peer that starts many and never
+# finishes them costs at most its share until the read timeout.
+MAX_REQUEST_MEMORY = 128 * 1024 * 1024
+MAX_REQUEST_MEMORY_PER_PEER = 32 * 1024 * 1024
 REQUEST_READ_TIMEOUT = 30.0
 RESPONSE_WRITE_TIMEOUT = 30.0
 _STREAM_FAILED = "the stream failed"  # why a running handler was cancelled
@@ -123,6 +127,8 @@ class TaskServer:
         expose_errors: bool = False,
         max_answer_memory: int = MAX_ANSWER_MEMORY,
         max_answer_memory_per_peer: int = MAX_ANSWER_MEMORY_PER_PEER,
+        max_request_memory: int = MAX_REQUEST_MEMORY,
+        max_request_memory_per_peer: int = MAX_REQUEST_MEMORY_PER_PEER,
     ) -> None:
         self.node = node
         self.handlers = dict(handlers)
@@ -145,6 +151,7 @@ class TaskServer:
         # Answers wait in memory until their peer reads them: a peer that does not read
         # gets ``busy`` once its share is full, instead of making us hold more.
         self.answer_memory = PeerBudgets(max_answer_memory, max_answer_memory_per_peer)
+        self.request_memory = PeerBudgets(max_request_memory, max_request_memory_per_peer)
         # Sync Python handlers run in the server's own threads, as many as tasks may run.
         self._executor: ThreadPoolExecutor | None = None
         sync = [
@@ -255,6 +262,8 @@ class TaskServer:
     async def _read_request(self, stream: Stream) -> TaskRequest:
         decoder = FrameDecoder(self.max_request_size)
         stream.set_deadline(self.request_read_timeout)
+        peer = stream.remote_peer
+        held = 0  # bytes of a partial request reserved in the peer's request memory
         try:
             while True:
                 chunk = await stream.read()
@@ -264,6 +273,21 @@ class TaskServer:
                 if messages:
                     body = messages[0]
                     break
+                # only a request that spans reads is held: the common one-read case is free
+                more = decoder.buffered - held
+                if more > 0:
+                    if not self.request_memory.reserve(peer, more):
+                        used = self.request_memory.used_by(peer)
+                        raise _Rejected(
+                            error_response(
+                                "",
+                                ErrorCode.BUSY,
+                                f"{used} bytes of unfinished requests from you are held here: "
+                                "finish or cancel those before starting more",
+                            ),
+                            unread=True,
+                        )
+                    held += more
         except MessageTooLargeError as exc:
             response = error_response("", ErrorCode.TOO_LARGE, str(exc))
             raise _Rejected(response, unread=True) from None
@@ -275,6 +299,9 @@ class TaskServer:
             ) from None
         except DecodeError as exc:
             raise _Rejected(error_response("", ErrorCode.BAD_REQUEST, str(exc))) from None
+        finally:
+            if held:
+                self.request_memory.release(peer, held)
         try:
             return decode_request(body)
         except DecodeError as exc:
