@@ -3,7 +3,9 @@
 Runs ``bench.run --quick`` for the floor and p2pnode (asyncio) in a BASE tree and in
 this one, alternately, ROUNDS times, so that both see the same machine weather; then
 prints, per figure, the median of p2pnode/floor in each tree and their ratio
-(HEAD/BASE; for latencies above 1 is slower, for rates and throughput above 1 is faster).
+(HEAD/BASE; for latencies above 1 is slower, for rates and throughput above 1 is faster),
+and the median of HEAD/BASE of p2pnode's own figure, taken per round (the two trees run
+one after the other). Each tree runs one round of ``bench.run`` per A/B round.
 
     python -m bench.ab /path/to/base-worktree [--rounds 3]
 """
@@ -35,8 +37,21 @@ FIGURES = {  # name: (result key, field, higher is better)
 
 def run_once(tree: Path, out: Path) -> dict[str, dict[str, float]]:
     env = dict(os.environ, PYTHONPATH=str(tree))
+    # one round each, so that both trees measure the same sequence (run.py's --rounds
+    # interleaves contenders; a tree from before it has one round only)
+    one_round = ["--rounds", "1"] if "--rounds" in (tree / "bench" / "run.py").read_text() else []
     subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", CONTENDERS, "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--only",
+            CONTENDERS,
+            "--out",
+            str(out),
+            *one_round,
+        ],
         cwd=tree,
         env=env,
         check=True,
@@ -66,8 +81,8 @@ def main() -> None:
                 runs[label].append(run_once(tree, out))
                 print(f"round {round_ + 1}: {label} done", file=sys.stderr)
     print(f"| figure ({args.rounds} rounds, medians) | base p2pnode/floor | head p2pnode/floor "
-          "| head/base |")  # fmt: skip
-    print("|---|---|---|---|")
+          "| head/base of the ratios | head/base of p2pnode itself, per round |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for name, (_, _, higher_better) in FIGURES.items():
         ratios = {}
         for label in ("base", "head"):
@@ -76,9 +91,20 @@ def main() -> None:
         base, head = ratios["base"], ratios["head"]
         if base is None or head is None:
             continue
-        change = head / base
-        verdict = "faster" if (change > 1) == higher_better else "slower"
-        print(f"| {name} | {base:.3f} | {head:.3f} | {change:.3f} ({verdict}) |")
+        # the same figure of p2pnode in the two trees, measured one after the other
+        direct = [
+            h[name]["p2pnode"] / b[name]["p2pnode"]
+            for b, h in zip(runs["base"], runs["head"], strict=True)
+            if name in b and name in h
+        ]
+
+        def verdict(change: float, higher_better: bool = higher_better) -> str:
+            return "faster" if (change > 1) == higher_better else "slower"
+
+        change, same = head / base, statistics.median(direct)
+        spread = f"{min(direct):.2f}-{max(direct):.2f}"
+        print(f"| {name} | {base:.3f} | {head:.3f} | {change:.3f} ({verdict(change)}) "
+              f"| {same:.3f} ({verdict(same)}; {spread}) |")  # fmt: skip
 
 
 if __name__ == "__main__":

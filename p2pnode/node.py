@@ -414,6 +414,10 @@ class Node:
         dialing what each finds; what worked is recorded in the store and told to the
         routers. ``timeout`` bounds it all; ``trace`` is filled in with how it went.
         """
+        if isinstance(peer, PeerId) and trace is None:  # the hot path: already connected
+            existing = self._usable_connection(peer)
+            if existing is not None:
+                return existing
         if isinstance(peer, str):
             peer = Multiaddr.from_string(peer) if peer.startswith("/") else PeerId.from_string(peer)
         trace = trace if trace is not None else ConnectTrace()

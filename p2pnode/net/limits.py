@@ -117,7 +117,13 @@ class MemoryBudget:
 
 
 class PeerBudgets:
-    """One :class:`MemoryBudget` per peer under a node-wide one; idle peers are forgotten."""
+    """One :class:`MemoryBudget` per peer under a node-wide one.
+
+    A peer's budget is kept while it is idle (a task per stream would otherwise make and
+    drop one each time); idle ones are forgotten once more than ``MAX_IDLE_PEERS`` pile up.
+    """
+
+    MAX_IDLE_PEERS = 1024
 
     def __init__(self, node_limit: int, peer_limit: int) -> None:
         self.node = MemoryBudget(node_limit)
@@ -127,17 +133,16 @@ class PeerBudgets:
     def reserve(self, peer: object, size: int) -> bool:
         budget = self._peers.get(peer)
         if budget is None:
+            if len(self._peers) >= self.MAX_IDLE_PEERS:
+                self._forget_idle()
             budget = self._peers[peer] = MemoryBudget(self.peer_limit, self.node)
-        if budget.reserve(size):
-            return True
-        if budget.used == 0:
-            del self._peers[peer]
-        return False
+        return budget.reserve(size)
 
     def release(self, peer: object, size: int) -> None:
-        budget = self._peers[peer]
-        budget.release(size)
-        if budget.used == 0:
+        self._peers[peer].release(size)
+
+    def _forget_idle(self) -> None:
+        for peer in [p for p, b in self._peers.items() if b.used == 0]:
             del self._peers[peer]
 
     def used_by(self, peer: object) -> int:
