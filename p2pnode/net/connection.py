@@ -17,6 +17,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -60,6 +61,8 @@ WRITE_BUFFER_HIGH = 1024 * 1024  # unsent bytes in the transport before writers 
 # (Our own writers stop at WRITE_BUFFER_HIGH plus one piece each, well below it.)
 MAX_UNSENT = 5 * WRITE_BUFFER_HIGH
 STALL_TIMEOUT = 30.0
+# new inbound streams whose handlers start in one loop iteration; a burst waits its turn
+INBOUND_STARTS_PER_ITERATION = 16
 
 
 class _ReadBuffers(threading.local):
@@ -105,6 +108,8 @@ class Connection(asyncio.BufferedProtocol):
         self.bytes_received = 0  # on the wire, after the handshake
         self.bytes_sent = 0
         self._slot_waiters: list[asyncio.Future[None]] = []  # open_stream calls queued
+        self._inbound_started = 0  # handlers started in this loop iteration
+        self._inbound_queue: deque[Stream] = deque()  # new streams of a burst, waiting
         # told when the muxer refuses an inbound stream over its limit (Node counts it)
         self.on_stream_refused: Callable[[Connection, int], None] | None = None
         self.opened_at = time.monotonic()
@@ -357,9 +362,12 @@ class Connection(asyncio.BufferedProtocol):
         elif type(event) is StreamOpened:
             stream = Stream(self, event.stream_id)
             streams[event.stream_id] = stream
-            task = self.loop.create_task(self._on_inbound_stream(stream))
-            self._handler_tasks.add(task)
-            task.add_done_callback(self._handler_tasks.discard)
+            if self._inbound_started < INBOUND_STARTS_PER_ITERATION:
+                self._start_handler(stream)
+            else:  # a burst: the rest start in later loop iterations (see _start_queued)
+                self._inbound_queue.append(stream)
+                if len(self._inbound_queue) == 1:
+                    self.loop.call_soon(self._start_queued)
         elif type(event) is StreamEnded:
             stream = streams.get(event.stream_id)
             if stream is not None:
@@ -380,6 +388,34 @@ class Connection(asyncio.BufferedProtocol):
             log.debug("%r: peer sent GoAway code %d", self, event.code)
         elif type(event) is StreamRefused and self.on_stream_refused is not None:
             self.on_stream_refused(self, event.limit)
+
+    def _start_handler(self, stream: Stream) -> None:
+        if not self._inbound_started:
+            self.loop.call_soon(self._reset_inbound_count)
+        self._inbound_started += 1
+        task = self.loop.create_task(self._on_inbound_stream(stream))
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    def _reset_inbound_count(self) -> None:
+        self._inbound_started = 0
+
+    def _start_queued(self) -> None:
+        """Start the next few handlers of a burst of new streams.
+
+        asyncio runs every ready callback of an iteration before it polls the sockets
+        again: 256 streams opened in one read would run 256 handlers (tens of ms) before
+        any other peer is read. A few per iteration keep the loop turning for everyone.
+        """
+        queue = self._inbound_queue
+        for _ in range(INBOUND_STARTS_PER_ITERATION):
+            if not queue:
+                return
+            stream = queue.popleft()
+            if self._streams.get(stream.stream_id) is stream:  # not reset meanwhile
+                self._start_handler(stream)
+        if queue:
+            self.loop.call_soon(self._start_queued)
 
     def _forget_if_done(self, stream: Stream) -> None:
         if stream._eof and stream._write_closed:
@@ -498,6 +534,7 @@ class Connection(asyncio.BufferedProtocol):
             self._stall_handle = None
         streams = list(self._streams.values())
         self._streams.clear()
+        self._inbound_queue.clear()
         error = self._close_reason
         for stream in streams:
             stream._fail(ConnectionClosedError(str(error)))
