@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from p2pnode import Node, StreamResetError
+from p2pnode import Node, Stream, StreamResetError
 from p2pnode.net import connection as connection_module
 from p2pnode.wire.yamux import Flag, FrameType, encode_header
 
@@ -75,3 +75,27 @@ async def test_a_failed_stream_is_freed_without_a_garbage_collection(
         assert ref() is None, gc.get_referrers(ref())
     finally:
         gc.enable()
+
+
+async def test_a_burst_of_new_streams_lets_the_loop_turn_between_handlers(
+    server: Node, client: Node
+) -> None:
+    """100 streams arriving in one read start their handlers a few per loop iteration, so
+    a callback scheduled by the first handler runs before most of the others start."""
+    marks: list[object] = []
+    loop = asyncio.get_running_loop()
+
+    async def handler(stream: Stream) -> None:
+        if not marks:
+            loop.call_soon(marks.append, "turn")
+        marks.append(stream.stream_id)
+        await stream.close()
+
+    server.set_handler("/p2pnode/burst/1.0.0", handler)
+    conn = await client.dial(addr_of(server))
+    for _ in range(100):  # no await suspends here: all go out in one write
+        await conn.new_stream(["/p2pnode/burst/1.0.0"], optimistic=True)
+    async with asyncio.timeout(10):
+        while len(marks) < 101:
+            await asyncio.sleep(0.01)
+    assert marks.index("turn") <= 17, marks[:30]  # 16 start per iteration
