@@ -230,7 +230,8 @@ async def test_p2pnode_dials_go(go: P2pd, py: P2pnodeSide) -> None:
     conn = await py.node.dial(go_addr(go))
     assert conn.remote_peer == go_peer(go)
     assert conn.muxer_protocol == YAMUX and conn.muxer_in_handshake
-    assert py.node.peer_id in await go_peers(go)
+    # with the muxer chosen in the handshake we are done before go has read message 3
+    await go_sees(go, py.node.peer_id)
 
 
 @pytest.mark.parametrize("direction", ["p2pnode dials", "go dials"])
@@ -309,6 +310,7 @@ async def test_go_learns_p2pnode_listen_addr_by_identify(go: P2pd, py: P2pnodeSi
     # p2pnode dials from an ephemeral port, so the only way go can learn where p2pnode
     # listens is the listen_addrs of p2pnode's identify answer.
     await py.node.dial(go_addr(go))
+    await go_sees(go, py.node.peer_id)
     dialed_from = (await go_peers(go))[py.node.peer_id]
     assert dialed_from != [str(py.addr)], "p2pnode dialed from its listen port: no proof here"
     # go's NewStream waits for go's identify of the peer: once a stream from go is
