@@ -160,6 +160,13 @@ async def _select_muxer(
     return _Upgraded(secure, remote_peer, selector.selected, selector.leftover())
 
 
+def _chosen_in_handshake(noise: NoiseHandshake, secure: NoiseTransport) -> _Upgraded:
+    """The upgrade's result when Noise chose the muxer (either side)."""
+    assert noise.muxer is not None
+    early = bytes(secure.receive_data(b""))  # what the peer sent after the handshake
+    return _Upgraded(secure, noise.remote_peer, noise.muxer, early, muxer_in_handshake=True)
+
+
 async def _negotiate_security_dialer(
     raw: _HandshakeProtocol, config: TransportConfig, expected_peer: PeerId | None
 ) -> _Upgraded:
@@ -182,8 +189,7 @@ async def _negotiate_security_dialer(
     secure = noise.transport()
     if noise.muxer is not None:  # chosen in the handshake: streams may start at once
         raw.write(final_message)
-        early = bytes(secure.receive_data(b""))
-        return _Upgraded(secure, noise.remote_peer, noise.muxer, early, muxer_in_handshake=True)
+        return _chosen_in_handshake(noise, secure)
     muxer_select = MultistreamDialer(list(config.muxers))
     raw.write(final_message + secure.encrypt(muxer_select.initial_bytes()))
     return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
@@ -207,8 +213,7 @@ async def _negotiate_security_listener(
             raw.write(reply)
     secure = noise.transport()
     if noise.muxer is not None:
-        early = bytes(secure.receive_data(b""))
-        return _Upgraded(secure, noise.remote_peer, noise.muxer, early, muxer_in_handshake=True)
+        return _chosen_in_handshake(noise, secure)
     muxer_select = MultistreamListener(list(config.muxers))
     return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
 
