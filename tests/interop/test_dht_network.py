@@ -555,6 +555,19 @@ async def all_find_all(net: Network, finders: Sequence[Peer], targets: Sequence[
 
     done = await bounded("the finds", asyncio.gather(*map(one, mixed(finders))))
     by_id = net.by_id()
+
+    def missed(find: Find) -> bool:
+        return find.error is not None or by_id[find.target].addr not in find.addrs
+
+    # a find that missed is asked once more, alone, once the others are done: go's and js's
+    # finds end in a dial of the target, which a starved js process on two cores can miss
+    # (go gives up after 5 s); a find that misses twice fails the test
+    retried = []
+    for finder, finds in done:
+        for i, find in enumerate(finds):
+            if missed(find):
+                retried.append(f"{finder.name} -> {by_id[find.target].name}: {find.error}")
+                (finds[i],) = await bounded("a retried find", finder.find([by_id[find.target]]))
     failures, py_finds, other_ms = [], [], {"go": [], "js": []}
     pairs: dict[str, int] = {}
     for finder, finds in done:
@@ -562,7 +575,7 @@ async def all_find_all(net: Network, finders: Sequence[Peer], targets: Sequence[
             target = by_id[find.target]
             pair = f"{finder.kind}->{target.kind}"
             pairs[pair] = pairs.get(pair, 0) + 1
-            if find.error is not None or target.addr not in find.addrs:
+            if missed(find):
                 failures.append(f"{finder.name} -> {target.name}: {find.error} {find.addrs}")
             if finder.kind == "p2pnode":
                 py_finds.append(find)
@@ -571,6 +584,7 @@ async def all_find_all(net: Network, finders: Sequence[Peer], targets: Sequence[
     assert not failures, f"{len(failures)} finds failed: {failures[:20]}"
     return {
         "finds": sum(pairs.values()),
+        "missed_first_time": retried,
         "pairs_by_kind": pairs,
         "p2pnode_find_peer_ms": summary([f.ms for f in py_finds]),
         "p2pnode_find_peer_hops": histogram(f.hops or 0 for f in py_finds),
