@@ -34,6 +34,7 @@ from p2pnode.routing.router import ConnectTrace, PeerRouter
 from p2pnode.wire.identity import Identity, PeerId
 from p2pnode.wire.multiaddr import Multiaddr
 from p2pnode.wire.multistream import MultistreamListener
+from p2pnode.wire.muxer import StreamRefused
 
 if TYPE_CHECKING:
     from p2pnode.protocols.kad.dht import DhtConfig, KadDHT
@@ -326,14 +327,18 @@ class Node:
         log.info("inbound handshake from %s failed: %s", addr, exc)
         self._emit(ConnectionEvent("handshake_failed", None, addr, "inbound", error=str(exc)))
 
-    def _stream_refused(self, conn: Connection, limit: int) -> None:
-        self.refusals.refuse(
-            "max_inbound_streams", str(conn.remote_peer), f"{limit} streams open on {conn!r}"
-        )
+    def _stream_refused(self, conn: Connection, refused: StreamRefused) -> None:
+        if refused.reason == "max_inbound_streams":
+            detail = f"{refused.limit} streams open on {conn!r}"
+        else:
+            detail = f"its receive memory over all its connections is used up ({conn!r})"
+        self.refusals.refuse(refused.reason, str(conn.remote_peer), detail)
 
     def _register(self, conn: Connection) -> None:
         conn.on_stream_refused = self._stream_refused
-        self._connections.setdefault(conn.remote_peer, []).append(conn)
+        siblings = self._connections.setdefault(conn.remote_peer, [])
+        siblings.append(conn)
+        conn.siblings = siblings
         conn.on_close(self._unregister)
         direction = "outbound" if conn.is_initiator else "inbound"
         self._emit(

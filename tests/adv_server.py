@@ -70,6 +70,13 @@ class _Watch:
             ),
             "reads_paused": sum(1 for c in conns if c._stall_handle is not None),
         }
+        unsent: Counter[Any] = Counter()
+        for c in conns:
+            unsent[c.remote_peer] += c._transport.get_write_buffer_size()
+        now["unsent_per_peer"] = max(unsent.values(), default=0)
+        receive = node._transport_config.receive_memory
+        now["receive_memory_per_peer"] = max(map(receive.used_by, per_peer), default=0)
+        now["receive_memory"] = receive.node.used
         for server in self.task_servers:
             now["answer_memory"] = server.answer_memory.node.used
             now["tasks_running"] = server.running

@@ -326,13 +326,34 @@ async def attack_ping_flood(a: Attack) -> None:
     """Ping streams, 256 KiB of pings each (all the window a new stream has), and muxer
     pings, as fast as the node takes them; nothing the node sends is ever read."""
     peer = await a.connect()
+    a.ready()
+    a.report.update(await _ping_flood(a, peer, 4000))
+    await a.hold()
+
+
+@attack
+async def attack_ping_flood_8_connections(a: Attack) -> None:
+    """The ping flood from one identity over 8 connections at once (the most a peer may
+    have): what the node holds for a peer is bounded per peer, not per connection."""
+    peers = await asyncio.gather(*(a.connect() for _ in range(8)))
+    a.ready()
+    reports = await asyncio.gather(*(_ping_flood(a, peer, 1000) for peer in peers))
+    a.report.update(
+        connections=len(peers),
+        streams=sum(r["streams"] for r in reports),
+        sent=sum(r["sent"] for r in reports),
+        stalls=sum(r["stalls"] for r in reports),
+    )
+    await a.hold()
+
+
+async def _ping_flood(a: Attack, peer: RawPeer, max_streams: int) -> dict[str, int]:
     peer.stop_reading()
     pings = os.urandom(32) * (INITIAL_WINDOW // 32)
     head = proposal(PING_ID)
     body = memoryview(pings)[: INITIAL_WINDOW - len(head)]
     streams = sent = stalls = 0
-    a.ready()
-    while not a.stop.is_set() and streams < 4000:
+    while not a.stop.is_set() and streams < max_streams:
         for _ in range(8):
             sid = peer.mux.open_stream()
             sent += peer.mux.send(sid, head) + peer.mux.send(sid, body)
@@ -344,9 +365,8 @@ async def attack_ping_flood(a: Attack) -> None:
             stalls += 1  # the node stopped reading us: wait for it (until told to stop)
             await peer.until_writable(4 * MiB, a.stop, timeout=60)
         await asyncio.sleep(0)
-    a.report.update(streams=streams, sent=sent, stalls=stalls,
-                    unsent_here=peer.transport.get_write_buffer_size())  # fmt: skip
-    await a.hold()
+    return {"streams": streams, "sent": sent, "stalls": stalls,
+            "unsent_here": peer.transport.get_write_buffer_size()}  # fmt: skip
 
 
 @attack
@@ -473,23 +493,55 @@ async def attack_idle_streams(a: Attack) -> None:
 async def attack_window_fill(a: Attack) -> None:
     """32 ping streams, each sent every byte of window the node grants, none of its
     echo ever consumed (and no window granted to it beyond the first 256 KiB)."""
+    peer = await _window_fill_peer(a)
+    a.ready()
+    a.report.update(await _window_fill(a, peer))
+    await a.hold()
+
+
+@attack
+async def attack_window_fill_8_connections(a: Attack) -> None:
+    """The window fill from one identity over 8 connections at once: the windows the
+    node grants one peer come from one budget, however many connections it opens."""
+    peers = await asyncio.gather(*(_window_fill_peer(a) for _ in range(8)))
+    a.ready()
+    reports = await asyncio.gather(*(_window_fill(a, peer) for peer in peers))
+    a.report.update(
+        connections=len(peers),
+        sent=sum(r["sent"] for r in reports),
+        echoed=sum(r["echoed"] for r in reports),
+        full=all(r.get("full") for r in reports),
+        refused=sum(r["reset"] for r in reports),
+    )
+    await a.hold()
+
+
+async def _window_fill_peer(a: Attack) -> RawPeer:
     peer = await a.connect(config=YamuxConfig(max_receive_window=INITIAL_WINDOW,
                                               max_ack_backlog=1024))  # fmt: skip
     peer.keep = 0
     peer.start_pump()
+    return peer
+
+
+async def _window_fill(a: Attack, peer: RawPeer) -> dict[str, Any]:
     streams = [peer.mux.open_stream() for _ in range(32)]
     for sid in streams:
         peer.mux.send(sid, proposal(PING_ID))
     peer.flush()
-    await peer.until(lambda: all(peer.mux._streams[s].acked for s in streams), 5)
+    await peer.until(lambda: all(s in peer.reset or peer.mux._streams[s].acked
+                                 for s in streams), 5)  # fmt: skip
+    streams = [s for s in streams if s not in peer.reset]  # refused: over the peer's budget
     block = os.urandom(32) * 2048
     sent = len(streams) * len(proposal(PING_ID))
+    report: dict[str, Any] = {}
     quiet_since = time.monotonic()
-    a.ready()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not a.stop.is_set() and not peer.closed:
         progress = 0
         for sid in streams:
+            if sid in peer.reset:
+                continue
             while (window := peer.mux.send_window(sid)) > 0:
                 progress += peer.mux.send(sid, block[: min(window, len(block))])
             peer.flush()
@@ -497,15 +549,15 @@ async def attack_window_fill(a: Attack) -> None:
         if progress:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since > 0.5:
-            a.report["full"] = True  # no window left for half a second: the node holds it all
+            report["full"] = True  # no window left for half a second: the node holds it all
             break
         await peer.until_writable(4 * MiB, a.stop)
         peer.changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(peer.changed.wait(), 0.1)
-    a.report.update(sent=sent, echoed=sum(peer.received.values()), closed=peer.closed,
-                    reset=len(peer.reset))  # fmt: skip
-    await a.hold()
+    report.update(sent=sent, echoed=sum(peer.received.values()), closed=peer.closed,
+                  reset=len(peer.reset))  # fmt: skip
+    return report
 
 
 @attack

@@ -65,6 +65,8 @@ LIMITS = Limits(
     max_inbound_streams=256,
     max_negotiating_streams=128,
     max_inbound_streams_per_protocol=256,
+    peer_receive_memory=64 * MiB,
+    node_receive_memory=1024 * MiB,
 )
 MAX_UNSENT = 5 * MiB  # queued for a peer that does not read, before the node stops reading it
 WRITE_BUFFER_HIGH = 1 * MiB  # unsent bytes before writers wait
@@ -485,7 +487,24 @@ async def test_ping_flood_without_reading(server: Server, tmp_path: Path) -> Non
     _, report, during = await run_attack(server, "ping_flood", tmp_path)
     assert report["streams"] >= 100, report  # 25 MiB of pings: more than sockets buffer
     assert_flood_held(during)
-    assert refused(during, "max_negotiating_streams") >= 1, during
+    # new streams were refused: beyond the negotiating limit, or once the windows of those
+    # held used up the peer's receive memory, whichever came first
+    assert refused(during, "max_negotiating_streams", "peer_receive_memory") >= 1, during
+    assert during["peak"]["receive_memory_per_peer"] <= LIMITS.peer_receive_memory, during
+
+
+async def test_ping_flood_over_8_connections(server: Server, tmp_path: Path) -> None:
+    _, report, during = await run_attack(server, "ping_flood_8_connections", tmp_path)
+    assert report["connections"] == LIMITS.max_connections_per_peer, report
+    assert report["streams"] >= 100, report
+    peak = during["peak"]
+    # queued output and receive windows are bounded per peer, over its 8 connections
+    assert peak["unsent_per_peer"] <= UNSENT_BOUND + 8 * WRITE_BUFFER_HIGH, during
+    assert peak["receive_memory_per_peer"] <= LIMITS.peer_receive_memory, during
+    # it held the peer back: stopped reading its connections, or refused its streams
+    held_back = peak["reads_paused"] + refused(during, "max_negotiating_streams",
+                                               "peer_receive_memory")  # fmt: skip
+    assert held_back >= 1, during
 
 
 async def test_identify_flood_without_reading(server: Server, tmp_path: Path) -> None:
@@ -506,7 +525,9 @@ async def test_syn_flood_without_negotiation(server: Server, tmp_path: Path) -> 
     assert report["final_acked_not_reset"] <= LIMITS.max_negotiating_streams, report
     assert during["peak"]["negotiating_per_connection"] <= LIMITS.max_negotiating_streams
     assert during["peak"]["streams_per_connection"] <= LIMITS.max_inbound_streams, during
-    assert refused(during, "max_negotiating_streams") >= 1, during
+    # (or the windows of those held used up the peer's receive memory first)
+    assert refused(during, "max_negotiating_streams", "peer_receive_memory") >= 1, during
+    assert during["peak"]["receive_memory_per_peer"] <= LIMITS.peer_receive_memory, during
 
 
 async def test_negotiated_idle_streams(server: Server, tmp_path: Path) -> None:
@@ -518,7 +539,10 @@ async def test_negotiated_idle_streams(server: Server, tmp_path: Path) -> None:
     assert during["peak"]["serving_per_peer_protocol"] <= per_protocol, during
     assert during["peak"]["streams_per_connection"] <= LIMITS.max_inbound_streams, during
     assert during["peak"]["connections_per_peer"] <= LIMITS.max_connections_per_peer, during
-    assert refused(during, "max_inbound_streams_per_protocol") >= 1, during
+    # each stream holds its window in the peer's receive memory, which may run out first
+    limits = ("max_inbound_streams_per_protocol", "peer_receive_memory")
+    assert refused(during, *limits) >= 1, during
+    assert during["peak"]["receive_memory_per_peer"] <= LIMITS.peer_receive_memory, during
 
 
 async def test_window_fill_on_32_streams(server: Server, tmp_path: Path) -> None:
@@ -529,6 +553,16 @@ async def test_window_fill_on_32_streams(server: Server, tmp_path: Path) -> None
     held = report["sent"] - report["echoed"]
     bound = CONNECTION_WINDOW + 32 * (INITIAL_WINDOW + 64 * 1024)
     assert held <= bound, report
+
+
+async def test_window_fill_over_8_connections(server: Server, tmp_path: Path) -> None:
+    _, report, during = await run_attack(server, "window_fill_8_connections", tmp_path)
+    assert report["connections"] == LIMITS.max_connections_per_peer, report
+    assert report.get("full"), report
+    # however many connections: the peer's receive budget, and what was in flight
+    held = report["sent"] - report["echoed"]
+    assert held <= LIMITS.peer_receive_memory + 8 * 32 * 64 * 1024, report
+    assert during["peak"]["receive_memory_per_peer"] <= LIMITS.peer_receive_memory, during
 
 
 async def test_slow_reader_of_large_answers(server: Server, tmp_path: Path) -> None:

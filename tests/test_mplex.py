@@ -215,3 +215,59 @@ def test_has_data_to_send_tracks_the_queue() -> None:
     assert not a.has_data_to_send
     b.consumed(stream, 0)
     assert not b.has_data_to_send  # consuming never queues anything: no flow control
+
+
+def test_streams_the_peer_closed_or_reset_free_their_inbound_slot() -> None:
+    a, b = pair(MplexConfig(max_inbound_streams=2))
+    for round_ in range(4):  # 8 streams in all, never more than 2 open at once
+        closed, reset = a.open_stream(), a.open_stream()
+        events = shuttle(a, b)
+        assert not [e for e in events if isinstance(e, StreamRefused)], round_
+        b.close_stream(closed + 1)
+        a.close_stream(closed)  # the peer closes last
+        a.reset_stream(reset)
+        shuttle(b, a)
+        shuttle(a, b)
+    assert b.stream_count == 0
+
+
+class Pool:
+    """A CreditPool with a fixed limit, as net.limits.MemoryBudget is."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def reserve(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def force(self, size: int) -> None:
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        assert self.used >= 0
+
+    def room(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+def test_unread_data_of_two_sessions_shares_one_peer_pool() -> None:
+    pool = Pool(1000)
+    a1, a2 = MplexSession(is_initiator=True), MplexSession(is_initiator=True)
+    b1 = MplexSession(is_initiator=False, credit=pool)
+    b2 = MplexSession(is_initiator=False, credit=pool)
+    s1, s2 = a1.open_stream(), a2.open_stream()
+    a1.send(s1, b"x" * 700)
+    assert StreamData(1, b"x" * 700) in shuttle(a1, b1)
+    a2.send(s2, b"y" * 400)  # fits the stream's buffer, not what is left of the peer's pool
+    assert StreamReset(1, "the peer's receive memory (all its connections) is full") in shuttle(
+        a2, b2
+    )
+    assert pool.used == 700
+    b1.consumed(1, 300)
+    assert pool.used == 400
+    b1.release_credit()  # the connection is gone
+    assert pool.used == 0

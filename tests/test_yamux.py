@@ -17,6 +17,7 @@ from p2pnode.errors import (
     StreamClosedError,
     TooManyStreamsError,
 )
+from p2pnode.net.limits import MemoryBudget
 from p2pnode.wire.muxer import (
     GoAwayReceived,
     MuxerEvent,
@@ -30,6 +31,7 @@ from p2pnode.wire.muxer import (
     StreamReset,
 )
 from p2pnode.wire.yamux import (
+    CREDIT_FLOOR,
     INITIAL_WINDOW,
     PROTOCOL_ID,
     Flag,
@@ -744,3 +746,49 @@ def test_receive_credit_comes_from_the_connection_budget() -> None:
     fresh = client.open_stream()
     exchange(client, server)
     assert client.send_window(fresh) - INITIAL_WINDOW >= extra[0] // 2  # the share came back
+
+
+def opened_or_refused(events: list[MuxerEvent]) -> list[MuxerEvent]:
+    return [e for e in events if isinstance(e, StreamOpened | StreamRefused)]
+
+
+def test_sessions_of_one_peer_share_its_receive_credit() -> None:
+    mib = 1024 * 1024
+    peer = MemoryBudget(CREDIT_FLOOR + 2 * mib, parent=MemoryBudget(1 << 40))
+    config = YamuxConfig(max_receive_window=mib, max_inbound_streams=1000)
+    clients = [YamuxSession(is_client=True, config=config) for _ in range(2)]
+    servers = [YamuxSession(is_client=False, config=config, credit=peer) for _ in range(2)]
+    first = clients[0].open_stream()
+    exchange(clients[0], servers[0])
+    assert clients[0].send_window(first) == mib  # a whole window
+    assert peer.used == mib
+    second = clients[1].open_stream()
+    exchange(clients[1], servers[1])
+    # the other connection's stream gets half of what is left above the floor
+    assert clients[1].send_window(second) == INITIAL_WINDOW + (mib - INITIAL_WINDOW) // 2
+    # a burst: extra credit shrinks, the floor keeps initial windows for at least 64 more
+    burst = [clients[1].open_stream() for _ in range(100)]
+    events = opened_or_refused(exchange(clients[1], servers[1])[1])
+    opened = [e for e in events if isinstance(e, StreamOpened)]
+    assert len(opened) >= CREDIT_FLOOR // INITIAL_WINDOW
+    refused = events[len(opened)]
+    assert isinstance(refused, StreamRefused)
+    assert (refused.stream_id, refused.reason) == (burst[len(opened)], "peer_receive_memory")
+    assert refused.limit == peer.room() < INITIAL_WINDOW  # what was left: not enough
+    used = peer.used
+    clients[0].reset_stream(first)
+    exchange(clients[0], servers[0])
+    assert peer.used == used - mib
+    servers[1].release_credit()  # its connection is gone
+    servers[0].release_credit()
+    assert peer.used == 0
+
+
+def test_streams_we_open_always_get_their_initial_window() -> None:
+    peer = MemoryBudget(INITIAL_WINDOW)
+    client = YamuxSession(is_client=True, config=YamuxConfig(), credit=peer)
+    client.open_stream()
+    client.open_stream()  # past the limit, but ours
+    assert peer.used == 2 * INITIAL_WINDOW
+    client.release_credit()
+    assert peer.used == 0

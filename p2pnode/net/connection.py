@@ -59,6 +59,7 @@ WRITE_BUFFER_HIGH = 1024 * 1024  # unsent bytes in the transport before writers 
 # resets, inline answers). Past this many unsent bytes we stop reading from it until its
 # socket drains, and a peer that stays so for STALL_TIMEOUT seconds is disconnected.
 # (Our own writers stop at WRITE_BUFFER_HIGH plus one piece each, well below it.)
+# The bound holds for the unsent bytes of all of a peer's connections together.
 MAX_UNSENT = 5 * WRITE_BUFFER_HIGH
 STALL_TIMEOUT = 30.0
 # new inbound streams whose handlers start in one loop iteration; a burst waits its turn
@@ -105,13 +106,15 @@ class Connection(asyncio.BufferedProtocol):
         self.muxer_protocol = muxer.protocol_id
         self.muxer_in_handshake = False  # chosen inside Noise, not by multistream-select
         self.negotiating_streams = 0  # inbound streams still choosing a protocol (Node's count)
+        # every open connection to the same peer, this one included (the Node keeps it)
+        self.siblings: list[Connection] = [self]
         self.bytes_received = 0  # on the wire, after the handshake
         self.bytes_sent = 0
         self._slot_waiters: list[asyncio.Future[None]] = []  # open_stream calls queued
         self._inbound_started = 0  # handlers started in this loop iteration
         self._inbound_queue: deque[Stream] = deque()  # new streams of a burst, waiting
         # told when the muxer refuses an inbound stream over its limit (Node counts it)
-        self.on_stream_refused: Callable[[Connection, int], None] | None = None
+        self.on_stream_refused: Callable[[Connection, StreamRefused], None] | None = None
         self.opened_at = time.monotonic()
         self._on_inbound_stream = on_inbound_stream
         self._streams: dict[int, Stream] = {}
@@ -301,6 +304,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection to {self.remote_peer} lost" + (f": {exc}" if exc else "")
         self._shutdown(ConnectionClosedError(reason))
+        self._muxer.release_credit()  # nothing more is read: what it held is free
         self._closed.set()
         for callback in self._close_callbacks:
             callback(self)
@@ -387,7 +391,7 @@ class Connection(asyncio.BufferedProtocol):
             self._remote_goaway = True
             log.debug("%r: peer sent GoAway code %d", self, event.code)
         elif type(event) is StreamRefused and self.on_stream_refused is not None:
-            self.on_stream_refused(self, event.limit)
+            self.on_stream_refused(self, event)
 
     def _start_handler(self, stream: Stream) -> None:
         if not self._inbound_started:
@@ -436,12 +440,13 @@ class Connection(asyncio.BufferedProtocol):
             sealed = self._secure.encrypt(out)
             self.bytes_sent += len(sealed)
             transport.write(sealed)
-            if (
-                self.write_paused
-                and self._stall_handle is None
-                and transport.get_write_buffer_size() > MAX_UNSENT
-            ):
+            backed_up = self.write_paused and self._stall_handle is None
+            if backed_up and self._peer_unsent() > MAX_UNSENT:
                 self._stop_reading()
+
+    def _peer_unsent(self) -> int:
+        """Bytes queued for the peer on all its connections (at most a few of them)."""
+        return sum(conn._transport.get_write_buffer_size() for conn in self.siblings)
 
     def _stop_reading(self) -> None:
         """The peer does not read what we owe it: take no more work from it for now."""

@@ -29,6 +29,10 @@ class Limits:
     max_inbound_streams: int = 256  # per connection, open at once
     max_negotiating_streams: int = 128  # per connection, inbound streams not yet on a protocol
     max_inbound_streams_per_protocol: int = 256  # per peer (all its connections), per protocol
+    # receive windows (yamux) and unread data (mplex) one peer may make us hold, over all
+    # its connections, and all peers together; a stream that does not fit is refused
+    peer_receive_memory: int = 64 * 1024 * 1024
+    node_receive_memory: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in self.__slots__:
@@ -109,18 +113,35 @@ class MemoryBudget:
             budget = budget.parent
         return True
 
+    def force(self, size: int) -> None:
+        """Take ``size`` bytes here and above even past a limit (what we chose to hold)."""
+        budget: MemoryBudget | None = self
+        while budget is not None:
+            budget.used += size
+            budget = budget.parent
+
     def release(self, size: int) -> None:
         budget: MemoryBudget | None = self
         while budget is not None:
             budget.used -= size
             budget = budget.parent
 
+    def room(self) -> int:
+        """What :meth:`reserve` would take now: the least room here or above."""
+        room = self.limit - self.used
+        budget = self.parent
+        while budget is not None:
+            room = min(room, budget.limit - budget.used)
+            budget = budget.parent
+        return max(0, room)
+
 
 class PeerBudgets:
     """One :class:`MemoryBudget` per peer under a node-wide one.
 
     A peer's budget is kept while it is idle (a task per stream would otherwise make and
-    drop one each time); idle ones are forgotten once more than ``MAX_IDLE_PEERS`` pile up.
+    drop one each time); idle ones are forgotten once more than ``MAX_IDLE_PEERS`` pile up,
+    except those a connection still holds (see :meth:`acquire`).
     """
 
     MAX_IDLE_PEERS = 1024
@@ -129,20 +150,35 @@ class PeerBudgets:
         self.node = MemoryBudget(node_limit)
         self.peer_limit = peer_limit
         self._peers: dict[object, MemoryBudget] = {}
+        self._holders: Counter[object] = Counter()
 
     def reserve(self, peer: object, size: int) -> bool:
+        return self._budget(peer).reserve(size)
+
+    def acquire(self, peer: object) -> MemoryBudget:
+        """The peer's budget, kept until :meth:`let_go` (a connection holds it meanwhile)."""
+        self._holders[peer] += 1
+        return self._budget(peer)
+
+    def let_go(self, peer: object) -> None:
+        self._holders[peer] -= 1
+        if self._holders[peer] <= 0:
+            del self._holders[peer]
+
+    def _budget(self, peer: object) -> MemoryBudget:
         budget = self._peers.get(peer)
         if budget is None:
             if len(self._peers) >= self.MAX_IDLE_PEERS:
                 self._forget_idle()
             budget = self._peers[peer] = MemoryBudget(self.peer_limit, self.node)
-        return budget.reserve(size)
+        return budget
 
     def release(self, peer: object, size: int) -> None:
         self._peers[peer].release(size)
 
     def _forget_idle(self) -> None:
-        for peer in [p for p, b in self._peers.items() if b.used == 0]:
+        held = self._holders
+        for peer in [p for p, b in self._peers.items() if b.used == 0 and p not in held]:
             del self._peers[peer]
 
     def used_by(self, peer: object) -> int:

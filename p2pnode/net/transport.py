@@ -29,13 +29,13 @@ from p2pnode.errors import (
     P2PTimeoutError,
 )
 from p2pnode.net.connection import Connection, InboundStreamHandler
-from p2pnode.net.limits import Limits, Refusals
+from p2pnode.net.limits import Limits, PeerBudgets, Refusals
 from p2pnode.wire.identity import Identity, PeerId
 from p2pnode.wire.mplex import PROTOCOL_ID as MPLEX_ID
 from p2pnode.wire.mplex import MplexConfig, MplexSession
 from p2pnode.wire.multiaddr import Multiaddr
 from p2pnode.wire.multistream import MultistreamDialer, MultistreamListener
-from p2pnode.wire.muxer import MuxerSession
+from p2pnode.wire.muxer import CreditPool, MuxerSession
 from p2pnode.wire.noise import PROTOCOL_ID as NOISE_ID
 from p2pnode.wire.noise import NoiseHandshake, NoiseStaticKey, NoiseTransport
 from p2pnode.wire.yamux import PROTOCOL_ID as YAMUX_ID
@@ -59,9 +59,13 @@ class TransportConfig:
     limits: Limits = field(default_factory=Limits)
     refusals: Refusals = field(default_factory=Refusals)
     noise_key: NoiseStaticKey = field(init=False)  # one static key for every handshake
+    # per peer, shared by its connections' muxers (Limits.peer_receive_memory)
+    receive_memory: PeerBudgets = field(init=False)
 
     def __post_init__(self) -> None:
         self.noise_key = NoiseStaticKey(self.identity)
+        limits = self.limits
+        self.receive_memory = PeerBudgets(limits.node_receive_memory, limits.peer_receive_memory)
         if self.yamux.max_inbound_streams != self.limits.max_inbound_streams:
             self.yamux = dataclasses.replace(
                 self.yamux, max_inbound_streams=self.limits.max_inbound_streams
@@ -72,10 +76,12 @@ class TransportConfig:
         """The muxers to list in the Noise handshake (none when inlining is off)."""
         return self.muxers if self.inline_muxer_negotiation else ()
 
-    def make_muxer(self, protocol_id: str, *, is_initiator: bool) -> MuxerSession:
+    def make_muxer(
+        self, protocol_id: str, *, is_initiator: bool, credit: CreditPool | None = None
+    ) -> MuxerSession:
         if protocol_id == YAMUX_ID:
-            return YamuxSession(is_client=is_initiator, config=self.yamux)
-        return MplexSession(is_initiator=is_initiator, config=self.mplex)
+            return YamuxSession(is_client=is_initiator, config=self.yamux, credit=credit)
+        return MplexSession(is_initiator=is_initiator, config=self.mplex, credit=credit)
 
 
 @dataclass(slots=True)
@@ -244,7 +250,9 @@ async def upgrade(
     except BaseException:
         transport.abort()
         raise
-    muxer = config.make_muxer(done.muxer_id, is_initiator=is_initiator)
+    peer = done.remote_peer
+    credit = config.receive_memory.acquire(peer)
+    muxer = config.make_muxer(done.muxer_id, is_initiator=is_initiator, credit=credit)
     peername = transport.get_extra_info("peername")
     sockname = transport.get_extra_info("sockname")
     conn = Connection(
@@ -259,6 +267,7 @@ async def upgrade(
         keepalive_interval=config.keepalive_interval,
     )
     conn.muxer_in_handshake = done.muxer_in_handshake
+    conn.on_close(lambda _: config.receive_memory.let_go(peer))
     conn.start(done.early_plaintext)
     return conn
 

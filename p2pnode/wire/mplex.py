@@ -26,6 +26,7 @@ from p2pnode.errors import (
 )
 from p2pnode.wire.muxer import (
     Buffer,
+    CreditPool,
     MuxerEvent,
     StreamData,
     StreamEnded,
@@ -80,9 +81,17 @@ class MplexSession:
 
     protocol_id = PROTOCOL_ID
 
-    def __init__(self, *, is_initiator: bool, config: MplexConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        is_initiator: bool,
+        config: MplexConfig | None = None,
+        credit: CreditPool | None = None,
+    ) -> None:
         self.is_initiator = is_initiator
         self.config = config or MplexConfig()
+        # shared with the peer's other connections: unread data of every stream is held in it
+        self._credit = credit
         self._streams: dict[int, _Stream] = {}
         self._inbound = 0
         self._next_number = 0
@@ -160,12 +169,16 @@ class MplexSession:
                 self._reset(key, events, "peer sent data after closing the stream")
                 return
             size = end - start
-            stream.buffered += size
-            if stream.buffered > self.config.max_stream_buffer:
+            if stream.buffered + size > self.config.max_stream_buffer:
                 self._reset(
                     key, events, f"receive buffer over {self.config.max_stream_buffer} bytes"
                 )
                 return
+            credit = self._credit
+            if credit is not None and size and not credit.reserve(size):
+                self._reset(key, events, "the peer's receive memory (all its connections) is full")
+                return
+            stream.buffered += size
             if size:
                 events.append(StreamData(key, bytes(view[start:end])))
         elif flag in (MplexFlag.CLOSE_RECEIVER, MplexFlag.CLOSE_INITIATOR):
@@ -173,9 +186,9 @@ class MplexSession:
                 stream.remote_closed = True
                 events.append(StreamEnded(key))
                 if stream.local_closed:
-                    del self._streams[key]
+                    self._forget(key)
         else:
-            del self._streams[key]
+            self._forget(key)
             events.append(StreamReset(key, "reset by the peer"))
 
     def _accept(self, key: int, events: list[MuxerEvent]) -> None:
@@ -196,8 +209,14 @@ class MplexSession:
         events.append(StreamReset(key, reason))
 
     def _forget(self, key: int) -> None:
-        if self._streams.pop(key, None) is not None and key % 2:
+        stream = self._streams.pop(key, None)
+        if stream is None:
+            return
+        if key % 2:
             self._inbound -= 1
+        if self._credit is not None and stream.buffered:
+            self._credit.release(stream.buffered)
+            stream.buffered = 0  # a late consumed() for it finds no stream
 
     def _send_flag(self, key: int, receiver_flag: int, payload: Buffer = b"") -> None:
         # The *_INITIATOR flag is the *_RECEIVER flag + 1; we initiated even keys.
@@ -248,6 +267,8 @@ class MplexSession:
             if size > stream.buffered:
                 raise LocalProtocolError("consumed more mplex data than was received")
             stream.buffered -= size
+            if self._credit is not None:
+                self._credit.release(size)
         return False  # no flow control, so nothing to tell the peer
 
     def close_stream(self, stream_id: int) -> None:
@@ -281,3 +302,9 @@ class MplexSession:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         return data
+
+    def release_credit(self) -> None:
+        """Give back the credit the unread data of every stream holds; the session is done."""
+        credit, self._credit = self._credit, None
+        if credit is not None:
+            credit.release(sum(stream.buffered for stream in self._streams.values()))

@@ -60,10 +60,14 @@ class PongReceived:
 
 @dataclass(slots=True, frozen=True)
 class StreamRefused:
-    """We reset a stream the peer opened: it already had ``limit`` inbound streams open."""
+    """We reset a stream the peer opened, over a limit: by default the ``limit`` inbound
+    streams it already had open; ``reason`` names the limit (``peer_receive_memory``: the
+    peer's receive credit, shared by all its connections, had only ``limit`` bytes left,
+    less than a stream's initial window)."""
 
     stream_id: int
     limit: int
+    reason: str = "max_inbound_streams"
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,6 +87,28 @@ MuxerEvent = (
     | GoAwayReceived
     | StreamRefused
 )
+
+
+class CreditPool(Protocol):
+    """Bytes a peer may make us hold, shared by all its sessions (see ``net.limits``).
+
+    A session reserves the receive window of each stream (yamux) or each message it
+    buffers (mplex) here, and releases it when the stream goes or the data is read.
+    """
+
+    def reserve(self, size: int) -> bool:
+        """Take ``size`` bytes if they fit; False (nothing taken) if not."""
+        ...
+
+    def force(self, size: int) -> None:
+        """Take ``size`` bytes even past the limit (for streams we open ourselves)."""
+        ...
+
+    def release(self, size: int) -> None: ...
+
+    def room(self) -> int:
+        """How many bytes ``reserve`` would take now."""
+        ...
 
 
 class MuxerSession(Protocol):
@@ -142,6 +168,10 @@ class MuxerSession(Protocol):
 
     def data_to_send(self) -> bytes:
         """Return and forget all bytes queued for the peer."""
+        ...
+
+    def release_credit(self) -> None:
+        """The connection is gone: give back all credit its streams still hold."""
         ...
 
     @property

@@ -40,6 +40,7 @@ from p2pnode.errors import (
 )
 from p2pnode.wire.muxer import (
     Buffer,
+    CreditPool,
     GoAwayReceived,
     MuxerEvent,
     PongReceived,
@@ -52,6 +53,7 @@ from p2pnode.wire.muxer import (
 )
 
 __all__ = [
+    "CREDIT_FLOOR",
     "HEADER_SIZE",
     "INITIAL_WINDOW",
     "PROTOCOL_ID",
@@ -66,6 +68,7 @@ __all__ = [
 PROTOCOL_ID = "/yamux/1.0.0"
 HEADER_SIZE = 12
 INITIAL_WINDOW = 256 * 1024
+CREDIT_FLOOR = 64 * INITIAL_WINDOW  # of a shared CreditPool, never handed out as extra credit
 _MAX_U32 = 0xFFFFFFFF
 
 
@@ -191,8 +194,16 @@ class YamuxSession:
 
     protocol_id: str = PROTOCOL_ID
 
-    def __init__(self, *, is_client: bool, config: YamuxConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        config: YamuxConfig | None = None,
+        credit: CreditPool | None = None,
+    ) -> None:
         self.config = config if config is not None else YamuxConfig()
+        # shared with the peer's other connections: each stream's whole window is held in it
+        self._credit = credit
         self.is_client = is_client
         self._initial_window = self.config.initial_window
         self._target_window = self.config.max_receive_window
@@ -422,6 +433,11 @@ class YamuxSession:
             if not self._local_goaway:
                 events.append(StreamRefused(stream_id, self.config.max_inbound_streams))
             return None
+        credit = self._credit
+        if credit is not None and not credit.reserve(self._initial_window):
+            self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
+            events.append(StreamRefused(stream_id, credit.room(), "peer_receive_memory"))
+            return None
         extra = self._grant()
         stream = _Stream(self._initial_window, self._initial_window + extra, True, extra)
         self._streams[stream_id] = stream
@@ -440,12 +456,21 @@ class YamuxSession:
         room = self.config.max_connection_window - self._granted
         extra = self._extra_credit if room >= self._extra_credit else room // 2
         extra = max(0, min(extra, self._extra_credit))
+        credit = self._credit
+        if credit is not None and extra:
+            # extra credit leaves the initial windows of CREDIT_FLOOR // INITIAL_WINDOW more
+            # streams free: a burst of new streams is not refused for what earlier ones got
+            extra = min(extra, (credit.room() - CREDIT_FLOOR) // 2)
+            if extra <= 0 or not credit.reserve(extra):
+                extra = 0
         self._granted += extra
         return extra
 
     def _forget(self, stream_id: int, stream: _Stream) -> None:
         """Update the counters for a stream just removed from the table."""
         self._granted -= stream.extra
+        if self._credit is not None:
+            self._credit.release(self._initial_window + stream.extra)
         if stream_id & 1 == self._remote_parity:
             self._inbound_count -= 1
         elif not stream.acked:
@@ -489,6 +514,8 @@ class YamuxSession:
         if stream_id > _MAX_U32:
             raise TooManyStreamsError("yamux stream ids exhausted; open a new connection")
         self._next_id = stream_id + 2
+        if self._credit is not None:
+            self._credit.force(self._initial_window)  # our own stream: never refused
         extra = self._grant()
         window = self._initial_window + extra
         self._streams[stream_id] = _Stream(self._initial_window, window, False, extra)
@@ -607,6 +634,13 @@ class YamuxSession:
             return b""
         self._out = []
         return b"".join(out)
+
+    def release_credit(self) -> None:
+        """Give back the credit every remaining stream holds; the session is done."""
+        credit, self._credit = self._credit, None
+        if credit is not None:
+            initial = self._initial_window
+            credit.release(sum(initial + stream.extra for stream in self._streams.values()))
 
     # -- introspection (for tests and the connection layer) ----------------------
 
