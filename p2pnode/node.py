@@ -328,11 +328,13 @@ class Node:
         self._emit(ConnectionEvent("handshake_failed", None, addr, "inbound", error=str(exc)))
 
     def _stream_refused(self, conn: Connection, refused: StreamRefused) -> None:
-        if refused.reason == "max_inbound_streams":
-            detail = f"{refused.limit} streams open on {conn!r}"
-        else:
-            detail = f"its receive memory over all its connections is used up ({conn!r})"
-        self.refusals.refuse(refused.reason, str(conn.remote_peer), detail)
+        def detail() -> str:  # formatted only when the refusal is logged
+            if refused.reason == "max_inbound_streams":
+                return f"{refused.limit} streams open on {conn!r}"
+            return f"its receive memory over all its connections is used up ({conn!r})"
+
+        peer = str(conn.remote_peer)
+        self.refusals.refuse(refused.reason, peer, detail, refused.count)
 
     def _register(self, conn: Connection) -> None:
         conn.on_stream_refused = self._stream_refused

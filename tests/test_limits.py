@@ -8,7 +8,7 @@ import contextlib
 import pytest
 
 from p2pnode import Identity, Node, NodeConfig, P2PError
-from p2pnode.net.limits import Limits, limits_with
+from p2pnode.net.limits import Limits, Refusals, limits_with
 
 from .conftest import LOOPBACK, addr_of, start_node
 
@@ -133,6 +133,29 @@ async def test_streams_of_one_protocol_beyond_the_per_peer_limit_are_reset() -> 
     finally:
         await client.stop()
         await server.stop()
+
+
+def test_refusals_count_all_and_format_only_what_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusals = Refusals()
+    formatted: list[int] = []
+
+    def detail() -> str:
+        formatted.append(1)
+        return "the detail"
+
+    with caplog.at_level("WARNING", logger="p2pnode.net.limits"):
+        refusals.refuse("max_inbound_streams", "peer-a", detail, count=5)
+        refusals.refuse("max_inbound_streams", "peer-a", detail, count=7)
+        refusals.refuse("max_inbound_streams", "peer-b", "plain text")
+    assert refusals.counts["max_inbound_streams"] == 13
+    assert len(formatted) == 1  # peer-a's second batch is within LOG_INTERVAL: not logged
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "limit max_inbound_streams: refused peer-a: the detail (4 more since the last report)",
+        "limit max_inbound_streams: refused peer-b: plain text",
+    ]
 
 
 def test_limits_are_set_by_name_from_the_command_line() -> None:

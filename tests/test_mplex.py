@@ -131,6 +131,14 @@ def test_inbound_stream_limit_resets_the_excess() -> None:
     assert shuttle(b, a) == [StreamReset(keys[2], "reset by the peer")]
 
 
+def test_refusals_in_a_row_are_one_event() -> None:
+    a, b = pair(MplexConfig(max_inbound_streams=1))
+    keys = [a.open_stream() for _ in range(4)]
+    refused = [e for e in shuttle(a, b) if isinstance(e, StreamRefused)]
+    assert refused == [StreamRefused(keys[1] + 1, 1, count=3)]
+    assert shuttle(b, a) == [StreamReset(k, "reset by the peer") for k in keys[1:]]
+
+
 def test_oversized_frame_is_refused_before_its_payload_arrives() -> None:
     _, b = pair(MplexConfig(max_message_size=1024))
     with pytest.raises(DecodeError, match="exceeds"):

@@ -748,6 +748,20 @@ def test_receive_credit_comes_from_the_connection_budget() -> None:
     assert client.send_window(fresh) - INITIAL_WINDOW >= extra[0] // 2  # the share came back
 
 
+def test_refusals_in_a_row_are_one_event() -> None:
+    # a SYN flood costs a counter per stream, not an event (and a log line) each
+    client, server = pair(server_config=YamuxConfig(max_inbound_streams=2))
+    ids = [client.open_stream() for _ in range(6)]
+    client_events, server_events = exchange(client, server)
+    assert opened_or_refused(server_events) == [
+        StreamOpened(ids[0]),
+        StreamOpened(ids[1]),
+        StreamRefused(ids[2], 2, count=4),
+    ]
+    resets = [e for e in client_events if isinstance(e, StreamReset)]
+    assert resets == [StreamReset(i, "reset by peer") for i in ids[2:]]  # an RST each
+
+
 def opened_or_refused(events: list[MuxerEvent]) -> list[MuxerEvent]:
     return [e for e in events if isinstance(e, StreamOpened | StreamRefused)]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 
 log = logging.getLogger(__name__)
@@ -67,21 +67,26 @@ class Refusals:
         self._last_logged: dict[tuple[str, str], float] = {}
         self._unlogged: Counter[tuple[str, str]] = Counter()
 
-    def refuse(self, limit: str, source: str, detail: str) -> None:
-        """Count a refusal of ``source`` (a peer or address) by ``limit``; log it if due."""
-        self.counts[limit] += 1
+    def refuse(
+        self, limit: str, source: str, detail: str | Callable[[], str], count: int = 1
+    ) -> None:
+        """Count ``count`` refusals of ``source`` (a peer or address) by ``limit``; log them
+        if due. ``detail`` may be a function: it is called only when the line is logged."""
+        self.counts[limit] += count
         key = (limit, source)
         now = time.monotonic()
         last = self._last_logged.get(key)
         if last is not None and now - last < LOG_INTERVAL:
-            self._unlogged[key] += 1
+            self._unlogged[key] += count
             return
         if len(self._last_logged) > 4096:  # bounded: forget the oldest half
             for old in list(self._last_logged)[:2048]:
                 del self._last_logged[old]
                 self._unlogged.pop(old, None)
         self._last_logged[key] = now
-        more = self._unlogged.pop(key, 0)
+        more = self._unlogged.pop(key, 0) + count - 1
+        if not isinstance(detail, str):
+            detail = detail()
         suffix = f" ({more} more since the last report)" if more else ""
         log.warning("limit %s: refused %s: %s%s", limit, source, detail, suffix)
 

@@ -31,8 +31,8 @@ from p2pnode.wire.muxer import (
     StreamData,
     StreamEnded,
     StreamOpened,
-    StreamRefused,
     StreamReset,
+    note_refusal,
 )
 from p2pnode.wire.varint import decode_uvarint, encode_uvarint
 
@@ -197,7 +197,7 @@ class MplexSession:
         if self._going_away or self._inbound >= self.config.max_inbound_streams:
             self._out.append(_frame(key // 2, MplexFlag.RESET_RECEIVER))
             if not self._going_away:
-                events.append(StreamRefused(key, self.config.max_inbound_streams))
+                note_refusal(events, key, self.config.max_inbound_streams)
             return
         self._streams[key] = _Stream()
         self._inbound += 1

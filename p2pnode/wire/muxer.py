@@ -58,16 +58,29 @@ class PongReceived:
     opaque: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class StreamRefused:
-    """We reset a stream the peer opened, over a limit: by default the ``limit`` inbound
-    streams it already had open; ``reason`` names the limit (``peer_receive_memory``: the
-    peer's receive credit, shared by all its connections, had only ``limit`` bytes left,
-    less than a stream's initial window)."""
+    """We reset ``count`` streams the peer opened, from ``stream_id`` on, over a limit: by
+    default the ``limit`` inbound streams it already had open; ``reason`` names the limit
+    (``peer_receive_memory``: the peer's receive credit, shared by all its connections,
+    had only ``limit`` bytes left, less than a stream's initial window). Refusals in a row
+    are one event (see :func:`note_refusal`): a flood of SYNs costs a counter each."""
 
     stream_id: int
     limit: int
     reason: str = "max_inbound_streams"
+    count: int = 1
+
+
+def note_refusal(
+    events: list[MuxerEvent], stream_id: int, limit: int, reason: str = "max_inbound_streams"
+) -> None:
+    """Add a refusal to ``events``, counted in the last event if that one is a refusal too."""
+    last = events[-1] if events else None
+    if type(last) is StreamRefused and last.reason == reason:
+        last.count += 1
+    else:
+        events.append(StreamRefused(stream_id, limit, reason))
 
 
 @dataclass(slots=True, frozen=True)

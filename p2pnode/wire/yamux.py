@@ -48,8 +48,8 @@ from p2pnode.wire.muxer import (
     StreamData,
     StreamEnded,
     StreamOpened,
-    StreamRefused,
     StreamReset,
+    note_refusal,
 )
 
 __all__ = [
@@ -431,12 +431,12 @@ class YamuxSession:
         if self._local_goaway or self._inbound_count >= self.config.max_inbound_streams:
             self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
             if not self._local_goaway:
-                events.append(StreamRefused(stream_id, self.config.max_inbound_streams))
+                note_refusal(events, stream_id, self.config.max_inbound_streams)
             return None
         credit = self._credit
         if credit is not None and not credit.reserve(self._initial_window):
             self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
-            events.append(StreamRefused(stream_id, credit.room(), "peer_receive_memory"))
+            note_refusal(events, stream_id, credit.room(), "peer_receive_memory")
             return None
         extra = self._grant()
         stream = _Stream(self._initial_window, self._initial_window + extra, True, extra)
