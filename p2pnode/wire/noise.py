@@ -126,11 +126,13 @@ class NoiseStaticKey:
     a signature per connection.
     """
 
-    __slots__ = ("payload", "private_bytes")
+    __slots__ = ("key", "payload", "private_bytes", "public_bytes")
 
     def __init__(self, identity: Identity) -> None:
         static = X25519PrivateKey.generate()
         public = static.public_key().public_bytes_raw()
+        self.key = static  # each handshake uses the object itself: no re-parse per connection
+        self.public_bytes = public
         self.private_bytes = static.private_bytes_raw()
         self.payload = encode_payload(
             identity.public_key.to_protobuf(), identity.sign(SIGNATURE_PREFIX + public)
@@ -157,7 +159,9 @@ class NoiseHandshake:
         static = identity if isinstance(identity, NoiseStaticKey) else NoiseStaticKey(identity)
         self._identity_payload = static.payload
         self._muxers = tuple(muxers)
-        self._noise = XXHandshake(static.private_bytes, initiator=initiator)
+        self._noise = XXHandshake(
+            static.key, initiator=initiator, static_public=static.public_bytes
+        )
         self._initiator = initiator
         self._expected_peer = expected_peer
         self._buffer = bytearray()

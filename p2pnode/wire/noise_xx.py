@@ -68,14 +68,19 @@ class XXHandshake:
 
     def __init__(
         self,
-        static_private: bytes,
+        static_private: bytes | X25519PrivateKey,
         *,
         initiator: bool,
         ephemeral: X25519PrivateKey | None = None,
+        static_public: bytes | None = None,
     ) -> None:
         self._initiator = initiator
-        self._s = X25519PrivateKey.from_private_bytes(static_private)
-        self._s_public = self._s.public_key().public_bytes_raw()
+        if isinstance(static_private, bytes):
+            static_private = X25519PrivateKey.from_private_bytes(static_private)
+        self._s = static_private
+        if static_public is None:
+            static_public = static_private.public_key().public_bytes_raw()
+        self._s_public = static_public
         self._e = ephemeral or X25519PrivateKey.generate()
         # the name is exactly 32 bytes, so h starts as the name itself and ck = h; then
         # MixHash(prologue) with the empty prologue
