@@ -244,6 +244,7 @@ async def secure_connect(
         tconfig = transport_config or TransportConfig(identity=identity, muxers=muxers)
         async with asyncio.timeout(10):
             upgraded = await _negotiate_security_dialer(raw, tconfig, target.peer_id)
+            raw.write(upgraded.unsent)  # Noise message 3: the caller sends it
     except BaseException:
         if raw.transport is not None:
             raw.transport.abort()

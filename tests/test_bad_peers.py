@@ -141,6 +141,7 @@ async def secure_raw_connection(node: Node) -> tuple[_HandshakeProtocol, object]
     raw = await raw_connect(node)
     config = TransportConfig(identity=Identity.generate(), muxers=(YAMUX_ID,))
     upgraded = await _negotiate_security_dialer(raw, config, node.peer_id)
+    raw.write(upgraded.unsent)  # Noise message 3: the caller sends it
     return raw, upgraded.secure
 
 
@@ -268,6 +269,7 @@ async def raw_mplex(node: Node) -> RawMplex:
     raw = await raw_connect(node)
     config = TransportConfig(identity=Identity.generate(), muxers=(MPLEX_ID,))
     upgraded = await _negotiate_security_dialer(raw, config, node.peer_id)
+    raw.write(upgraded.unsent)  # Noise message 3: the caller sends it
     assert upgraded.muxer_id == MPLEX_ID
     return RawMplex(raw, upgraded.secure)
 

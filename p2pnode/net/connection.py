@@ -123,6 +123,7 @@ class Connection(asyncio.BufferedProtocol):
         self._flush_handle: asyncio.Handle | None = None
         self._receiving = False  # in _receive_plaintext, which flushes when it is done
         self._unflushed = 0  # payload bytes queued in the muxer since the last flush
+        self._unsent_handshake = b""  # the dialer's Noise message 3, sent by the first flush
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed = asyncio.Event()
@@ -273,10 +274,17 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- start-up --------------------------------------------------------------
 
-    def start(self, initial_plaintext: bytes) -> None:
-        """Take over the transport; feed bytes that arrived during the upgrade."""
+    def start(self, initial_plaintext: bytes, unsent: bytes = b"") -> None:
+        """Take over the transport; feed bytes that arrived during the upgrade.
+
+        ``unsent`` (the handshake's last message) is sent first, in the next flush: with
+        whatever the first streams write in this loop iteration.
+        """
         self._transport.set_protocol(self)
         self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        if unsent:
+            self._unsent_handshake = unsent
+            self._schedule_flush()
         if initial_plaintext:
             self._receive_plaintext(initial_plaintext)
         self._arm_keepalive()
@@ -435,11 +443,16 @@ class Connection(asyncio.BufferedProtocol):
             self._flush_handle = None
         self._unflushed = 0
         out = self._muxer.data_to_send()
-        if out and not self._transport.is_closing():
+        handshake = self._unsent_handshake
+        if (out or handshake) and not self._transport.is_closing():
             transport = self._transport
-            sealed = self._secure.encrypt(out)
+            sealed = self._secure.encrypt(out) if out else b""
+            if handshake:  # once per connection, at most
+                self._unsent_handshake = b""
+                transport.write(handshake + sealed)
+            else:
+                transport.write(sealed)
             self.bytes_sent += len(sealed)
-            transport.write(sealed)
             backed_up = self.write_paused and self._stall_handle is None
             if backed_up and self._peer_unsent() > MAX_UNSENT:
                 self._stop_reading()

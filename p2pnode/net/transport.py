@@ -93,6 +93,9 @@ class _Upgraded:
     muxer_id: str
     early_plaintext: bytes
     muxer_in_handshake: bool = False
+    # the dialer's last handshake message, not yet sent: it leaves with the first streams'
+    # bytes (one send, one segment for the listener) in the connection's first flush
+    unsent: bytes = b""
 
 
 class _HandshakeProtocol(asyncio.Protocol):
@@ -166,11 +169,13 @@ async def _select_muxer(
     return _Upgraded(secure, remote_peer, selector.selected, selector.leftover())
 
 
-def _chosen_in_handshake(noise: NoiseHandshake, secure: NoiseTransport) -> _Upgraded:
+def _chosen_in_handshake(
+    noise: NoiseHandshake, secure: NoiseTransport, unsent: bytes = b""
+) -> _Upgraded:
     """The upgrade's result when Noise chose the muxer (either side)."""
     assert noise.muxer is not None
     early = bytes(secure.receive_data(b""))  # what the peer sent after the handshake
-    return _Upgraded(secure, noise.remote_peer, noise.muxer, early, muxer_in_handshake=True)
+    return _Upgraded(secure, noise.remote_peer, noise.muxer, early, True, unsent)
 
 
 async def _negotiate_security_dialer(
@@ -194,8 +199,7 @@ async def _negotiate_security_dialer(
         pending = b""
     secure = noise.transport()
     if noise.muxer is not None:  # chosen in the handshake: streams may start at once
-        raw.write(final_message)
-        return _chosen_in_handshake(noise, secure)
+        return _chosen_in_handshake(noise, secure, final_message)
     muxer_select = MultistreamDialer(list(config.muxers))
     raw.write(final_message + secure.encrypt(muxer_select.initial_bytes()))
     return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
@@ -206,17 +210,24 @@ async def _negotiate_security_listener(
 ) -> _Upgraded:
     """Listener side of the upgrade."""
     security = MultistreamListener([NOISE_ID])
+    reply = b""
     while not security.done:
-        reply = security.receive_data(await raw.receive())
         if reply:
             raw.write(reply)
+        reply = security.receive_data(await raw.receive())
+    # Our last multistream answer is held back while message 1 came with the proposal (an
+    # optimistic dialer): it leaves with message 2, in one send.
     pending = security.leftover()
     noise = NoiseHandshake(config.noise_key, initiator=False, muxers=config.handshake_muxers)
     while not noise.complete:
-        reply = noise.receive_data(pending or await raw.receive())
+        if reply and not pending:
+            raw.write(reply)  # nothing to answer with yet: do not keep the dialer waiting
+            reply = b""
+        reply += noise.receive_data(pending or await raw.receive())
         pending = b""
         if reply:
             raw.write(reply)
+            reply = b""
     secure = noise.transport()
     if noise.muxer is not None:
         return _chosen_in_handshake(noise, secure)
@@ -268,7 +279,7 @@ async def upgrade(
     )
     conn.muxer_in_handshake = done.muxer_in_handshake
     conn.on_close(lambda _: config.receive_memory.let_go(peer))
-    conn.start(done.early_plaintext)
+    conn.start(done.early_plaintext, done.unsent)
     return conn
 
 
