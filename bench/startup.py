@@ -7,6 +7,8 @@
 
 Prints medians (and min-max) of:
 
+- ``python -c pass``, the interpreter's own start, measured in the same rounds (the
+  floor: on a loaded machine every figure here rises with it);
 - ``p2pnode --help``, wall time from process start to exit;
 - ``p2pnode send-task ADDR hello`` against a running ``serve`` on loopback, wall time
   from process start to exit (a full ``/p2p`` address: no lookup);
@@ -89,12 +91,14 @@ def main() -> None:
             addr = json.loads(log.read_text().split("\n", 1)[0])["addrs"][0]
             send = [*p2pnode, "send-task", "--ephemeral", "--no-cache", addr, "hello"]
             figures: dict[str, list[float]] = {
+                "python": [],
                 "help": [],
                 "send_task": [],
                 "first": [],
                 "second": [],
             }
             for _ in range(args.runs):  # interleaved, so that each sees the same weather
+                figures["python"].append(wall_ms([args.python, "-c", "pass"], env))
                 figures["help"].append(wall_ms([*p2pnode, "--help"], env))
                 figures["send_task"].append(wall_ms(send, env))
                 dial = subprocess.run(
@@ -107,6 +111,7 @@ def main() -> None:
         finally:
             serve.terminate()
             serve.wait(30)
+    print(f"python -c pass (the floor)            {describe(figures['python'])}")
     print(f"p2pnode --help                        {describe(figures['help'])}  target <= 80 ms")
     print(
         f"p2pnode send-task (loopback)          {describe(figures['send_task'])}  target <= 150 ms"
