@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from p2pnode.errors import DecodeError, P2PError, StreamResetError
 from p2pnode.net.framed import read_frame
+from p2pnode.net.stream import Stream
 from p2pnode.node import Node
 from p2pnode.protocols.task.client import send_task
 from p2pnode.protocols.task.handlers import EchoHandler, ExecHandler, PythonHandler, TaskHandler
@@ -32,6 +33,7 @@ from p2pnode.protocols.task.messages import (
     TaskTimeoutError,
     decode_request,
     decode_response,
+    encode_response,
 )
 from p2pnode.protocols.task.server import TaskLogRecord, TaskServer, format_log_json
 from p2pnode.wire.framing import encode_frame
@@ -961,3 +963,30 @@ async def test_unfinished_requests_from_one_peer_are_held_within_its_share(
     for stream in streams:
         stream.reset()
     await wait_until(lambda: server.request_memory.node.used == 0)
+
+
+async def test_the_client_lets_a_server_close_after_its_answer(server: Node) -> None:
+    """A server that closes its side a moment after the answer (py-libp2p does) finishes
+    cleanly even when the client's process stops its node at once (the CLI)."""
+    closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def answer_then_close(stream: Stream) -> None:
+        body = await read_frame(stream, 1 << 20)
+        assert body is not None
+        request = decode_request(body)
+        await stream.write(encode_frame(encode_response(TaskResponse(request.task_id, "ok", 0))))
+        await asyncio.sleep(0.05)  # the close goes out later, on its own
+        if stream.connection.is_closed:
+            closed.set_result("the client had gone before the server's close")
+            return
+        await stream.close_write()
+        closed.set_result("closed")
+
+    server.set_handler(PROTOCOL_ID, answer_then_close)
+    client = await start_node()
+    try:
+        result = await send_task(client, addr_of(server), "x", timeout=5)
+    finally:
+        await client.stop()
+    assert result.output == "ok"
+    assert await asyncio.wait_for(closed, 5) == "closed"

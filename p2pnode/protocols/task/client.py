@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from p2pnode.errors import DecodeError, StreamResetError
+from p2pnode.errors import DecodeError, P2PError, StreamResetError
 from p2pnode.net.framed import read_frame
 from p2pnode.protocols.task.messages import (
     DEFAULT_KIND,
@@ -25,6 +26,12 @@ from p2pnode.wire.framing import encode_frame
 
 if TYPE_CHECKING:
     from p2pnode.net.host import Host, PeerLike
+    from p2pnode.net.stream import Stream
+
+#: How long, after the answer, the peer gets to close its side of the stream. Servers that
+#: send their close apart from the answer (py-libp2p) would otherwise find the connection
+#: gone under them when a short-lived client (the CLI) exits at once, and log a failure.
+PEER_CLOSE_GRACE = 0.25
 
 
 class TaskResult(msgspec.Struct):
@@ -75,6 +82,7 @@ async def send_task(
         ) from None
     if body is None:
         raise DecodeError(f"task {task_id}: the peer closed the stream without answering")
+    await _await_peer_close(stream)
     response = decode_response(body)
     if response.error is not None:
         raise error_from_response(response)
@@ -87,3 +95,13 @@ async def send_task(
         round((connected - started) * 1000, 3),
         round((finished - connected) * 1000, 3),
     )
+
+
+async def _await_peer_close(stream: Stream) -> None:
+    """Give the peer a moment to close its side after its answer; reset if it sends more."""
+    if stream.at_eof:
+        return
+    with contextlib.suppress(P2PError, TimeoutError):
+        async with asyncio.timeout(PEER_CLOSE_GRACE):
+            if await stream.read(1):
+                stream.reset()  # bytes after the answer: nothing we will read
