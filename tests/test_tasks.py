@@ -736,7 +736,7 @@ def test_error_codes_map_to_error_types() -> None:
         kinds.setdefault(type(error), set()).add(code.value)
     assert kinds[TaskRefusedError] == {"unauthorized", "busy", "shutting_down", "unknown_kind"}
     assert kinds[TaskTimeoutError] == {"timeout"}
-    assert kinds[TaskFailedError] == {"bad_request", "too_large", "failed"}
+    assert kinds[TaskFailedError] == {"bad_request", "too_large", "failed", "cancelled"}
 
 
 def test_exec_spec_syntax() -> None:

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     FAILED = "failed"
     SHUTTING_DOWN = "shutting_down"
+    CANCELLED = "cancelled"  # protocol 2: the client cancelled
 
 
 class TaskRequest(msgspec.Struct, omit_defaults=True):
@@ -165,11 +166,15 @@ _REFUSALS: set[str] = {
 def error_from_response(response: TaskResponse) -> TaskError:
     """The typed error a failed response stands for."""
     assert response.error is not None
-    code, text = response.error.code, response.error.message
+    return task_error(response.error.code, response.error.message, response.task_id)
+
+
+def task_error(code: str, text: str, task_id: str) -> TaskError:
+    """The typed error for a failure ``code`` with the peer's ``text``, with advice."""
     advice = _ADVICE.get(code)
-    message = f"task {response.task_id or '?'} {code}: {text}" + (f" ({advice})" if advice else "")
+    message = f"task {task_id or '?'} {code}: {text}" + (f" ({advice})" if advice else "")
     if code == ErrorCode.TIMEOUT:
-        return TaskTimeoutError(code, message, response.task_id)
+        return TaskTimeoutError(code, message, task_id)
     if code in _REFUSALS:
-        return TaskRefusedError(code, message, response.task_id)
-    return TaskFailedError(code, message, response.task_id)
+        return TaskRefusedError(code, message, task_id)
+    return TaskFailedError(code, message, task_id)
