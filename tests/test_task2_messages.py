@@ -22,15 +22,15 @@ from p2pnode.protocols.task.messages2 import (
     InputChunk,
     OutputChunk,
     Part,
+    PartAssembler,
     Progress,
     Request,
-    append_part,
     decode_client_message,
     decode_server_event,
     encode,
     split_part,
 )
-from p2pnode.wire.framing import FrameDecoder
+from p2pnode.wire.framing import FrameDecoder, encode_frame
 
 CLIENT_TYPES = (Request, InputChunk, Cancel)
 JSON_LEAVES = st.none() | st.integers(-(2**63), 2**63 - 1) | st.text()  # msgpack ints: 64 bits
@@ -56,8 +56,6 @@ def test_the_spec_examples_decode_to_what_they_show() -> None:
 
 
 def encode_framed(message: object) -> bytes:
-    from p2pnode.wire.framing import encode_frame
-
     return encode_frame(encode(message))  # type: ignore[arg-type]
 
 
@@ -109,19 +107,21 @@ def test_split_parts_append_back_to_the_original() -> None:
         pieces = split_part(part, 64 * 1024)
         assert len(pieces) > 1 and not pieces[0][1] and all(a for _, a in pieces[1:])
         assert all(p.size <= 64 * 1024 for p, _ in pieces)
-        merged: list[Part] = []
+        assembler = PartAssembler()
         for piece, append in pieces:
-            append_part(merged, piece, append)
-        assert merged == [part]
+            assembler.add(piece, append)
+        assert assembler.parts() == [part]
 
 
 def test_appending_to_nothing_or_to_another_type_is_refused() -> None:
     with pytest.raises(DecodeError, match="no part before"):
-        append_part([], Part.of_text("x"), True)
-    with pytest.raises(DecodeError, match="cannot append"):
-        append_part([Part.of_text("x")], Part.of_bytes(b"y"), True)
-    with pytest.raises(DecodeError, match="cannot append"):
-        append_part([Part.of_json(1)], Part.of_json(2), True)
+        PartAssembler().add(Part.of_text("x"), True)
+    mismatched = [(Part.of_text("x"), Part.of_bytes(b"y")), (Part.of_json(1), Part.of_json(2))]
+    for first, second in mismatched:
+        assembler = PartAssembler()
+        assembler.add(first)
+        with pytest.raises(DecodeError, match="cannot append"):
+            assembler.add(second, True)
 
 
 def test_every_server_event_round_trips() -> None:
@@ -151,7 +151,7 @@ def test_garbage_never_escapes_as_anything_but_decode_error(body: bytes) -> None
             st.builds(Part.of_bytes, st.binary(max_size=50)),
             st.builds(
                 Part.of_json,
-                st.recursive(st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(), st.lists),
+                st.recursive(JSON_LEAVES, st.lists),
             ),
         ),
         max_size=8,

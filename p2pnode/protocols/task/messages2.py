@@ -234,20 +234,41 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def append_part(parts: list[Part], part: Part, append: bool) -> None:
-    """Add ``part`` to ``parts``, or (``append``) extend the last one; DecodeError if it cannot."""
-    if not append or not parts:
-        if append:
+class PartAssembler:
+    """Builds parts from pieces, each new or ``append``-ed to the last, joining each part's
+    pieces once at the end (appending to bytes one chunk at a time would copy quadratically).
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[Part] = []
+        self._pieces: list[list[Any] | None] = []  # str or bytes pieces; None: not appendable
+
+    def add(self, part: Part, append: bool = False) -> None:
+        """Add a piece; DecodeError if it cannot be appended to the part before it."""
+        if not append:
+            self._parts.append(part)
+            piece = part.text if part.type == "text" else part.data
+            self._pieces.append(None if piece is None else [piece])
+            return
+        if not self._parts:
             raise DecodeError("an appended part has no part before it")
-        parts.append(part)
-        return
-    last = parts[-1]
-    if last.type != part.type or last.type not in ("text", "bytes"):
-        raise DecodeError(f"cannot append a {part.type} part to a {last.type} part")
-    if last.type == "text":
-        last.text = (last.text or "") + (part.text or "")
-    else:
-        last.data = (last.data or b"") + (part.data or b"")
+        last, pieces = self._parts[-1], self._pieces[-1]
+        piece = part.text if part.type == "text" else part.data
+        if last.type != part.type or pieces is None or piece is None:
+            raise DecodeError(f"cannot append a {part.type} part to a {last.type} part")
+        pieces.append(piece)
+
+    def parts(self) -> list[Part]:
+        """The parts so far, each with its pieces joined."""
+        for part, pieces in zip(self._parts, self._pieces, strict=True):
+            if pieces is not None and len(pieces) > 1:
+                joined = "".join(pieces) if part.type == "text" else b"".join(pieces)
+                if isinstance(joined, str):
+                    part.text = joined
+                else:
+                    part.data = joined
+                pieces[:] = [joined]
+        return self._parts
 
 
 def split_part(part: Part, size: int = CHUNK_SIZE) -> list[tuple[Part, bool]]:
