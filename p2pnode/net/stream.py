@@ -11,6 +11,7 @@ from p2pnode.errors import (
     ConnectionClosedError,
     DecodeError,
     P2PTimeoutError,
+    ProtocolNotSupportedError,
     StreamClosedError,
     StreamResetError,
 )
@@ -283,7 +284,9 @@ class Stream:
                 raise DecodeError("stream closed during protocol negotiation")
             taken += len(chunk)
             if dialer.receive_data(chunk):
-                raise DecodeError("peer refused the optimistically selected protocol")
+                raise ProtocolNotSupportedError(
+                    f"the peer does not speak {self.protocol} (refused on an optimistic open)"
+                )
         self.protocol = dialer.selected
         self._return_unused(taken, dialer.leftover())
         self._send_deferred_fin()
@@ -303,7 +306,11 @@ class Stream:
             taken += len(chunk)
             if dialer.receive_data(chunk):
                 self._negotiation = None
-                self._fail(DecodeError("peer refused the optimistically selected protocol"))
+                self._fail(
+                    ProtocolNotSupportedError(
+                        f"the peer does not speak {self.protocol} (refused on an optimistic open)"
+                    )
+                )
                 self._conn.stream_reset(self.stream_id)
                 return
         if not dialer.done:

@@ -68,11 +68,17 @@ class ExecHandler:
 
     KILL_WAIT = 5.0  # seconds to wait for the killed process to be reaped
 
-    def __init__(self, argv: Sequence[str], max_output: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        max_output: int = 16 * 1024 * 1024,
+        media_type: str = "application/octet-stream",
+    ) -> None:
         if not argv:
             raise LocalProtocolError("--exec needs a command")
         self.argv = list(argv)
         self.max_output = max_output
+        self.media_type = media_type  # of its output, in protocol 2
 
     def __repr__(self) -> str:
         return f"ExecHandler({shlex.join(self.argv)!r})"
@@ -173,7 +179,11 @@ class PythonHandler:
         self.func = func
         self.name = name or getattr(func, "__qualname__", repr(func))
         call = getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
-        self._is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
+        self._is_async = (
+            inspect.iscoroutinefunction(func)
+            or inspect.iscoroutinefunction(call)
+            or inspect.isasyncgenfunction(func)
+        )
         self.executor: Executor | None = None  # set by the TaskServer for sync functions
         self._takes_context = _takes_context(func, self.name)
 
@@ -181,10 +191,18 @@ class PythonHandler:
     def is_async(self) -> bool:
         return self._is_async
 
+    @property
+    def takes_context(self) -> bool:
+        """Whether the function takes (request, context) rather than (request)."""
+        return self._takes_context
+
     async def run(self, request: TaskRequest, context: TaskContext | None = None) -> str:
         if context is None:
             context = TaskContext("", request.task_id, request.kind)
         args: tuple[Any, ...] = (request, context) if self._takes_context else (request,)
+        if inspect.isasyncgenfunction(self.func):  # a streaming handler: its text, joined
+            pieces = [v async for v in self.func(*args) if isinstance(v, str)]
+            return "".join(pieces)
         if self._is_async:
             result = await self.func(*args)
         elif self.executor is not None:

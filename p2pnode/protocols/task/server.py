@@ -36,6 +36,8 @@ from p2pnode.protocols.task.messages import (
     error_response,
     task_id_of,
 )
+from p2pnode.protocols.task.messages2 import PROTOCOL_ID_V2
+from p2pnode.protocols.task.server2 import TaskService2
 from p2pnode.wire.framing import FrameDecoder, MessageTooLargeError
 from p2pnode.wire.identity import PeerId
 from p2pnode.wire.varint import encode_uvarint
@@ -129,6 +131,8 @@ class TaskServer:
         max_answer_memory_per_peer: int = MAX_ANSWER_MEMORY_PER_PEER,
         max_request_memory: int = MAX_REQUEST_MEMORY,
         max_request_memory_per_peer: int = MAX_REQUEST_MEMORY_PER_PEER,
+        output_types: Mapping[str, str] | None = None,
+        descriptions: Mapping[str, str] | None = None,
     ) -> None:
         self.node = node
         self.handlers = dict(handlers)
@@ -152,6 +156,8 @@ class TaskServer:
         # gets ``busy`` once its share is full, instead of making us hold more.
         self.answer_memory = PeerBudgets(max_answer_memory, max_answer_memory_per_peer)
         self.request_memory = PeerBudgets(max_request_memory, max_request_memory_per_peer)
+        self.descriptions = dict(descriptions or {})  # per kind, for the agent card
+        self.v2 = TaskService2(self, output_types=output_types)
         # Sync Python handlers run in the server's own threads, as many as tasks may run.
         self._executor: ThreadPoolExecutor | None = None
         sync = [
@@ -168,8 +174,26 @@ class TaskServer:
         return len(self._running)
 
     def install(self) -> None:
-        """Serve the task protocol on the node."""
+        """Serve the task protocols (2.0.0 and 1.0.0) on the node."""
+        self.node.set_handler(PROTOCOL_ID_V2, self.v2.handle_stream)
         self.node.set_handler(PROTOCOL_ID, self.handle_stream)
+
+    def stream_started(self) -> None:
+        """A task stream is being served (shutdown waits for it)."""
+        self._active += 1
+        self._idle.clear()
+
+    def stream_ended(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
+
+    def log_task(
+        self, peer: PeerId, kind: str, task_id: str, latency_ms: int, code: str, message: str
+    ) -> None:
+        """Report a served task to ``on_log``."""
+        if self.on_log is not None:
+            self.on_log(TaskLogRecord(str(peer), kind, task_id, latency_ms, code, message))
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new tasks; running ones get ``grace`` s to finish, then are cancelled."""
@@ -189,8 +213,7 @@ class TaskServer:
     async def handle_stream(self, stream: Stream) -> None:
         """Serve one task stream: read, check, run, answer, log."""
         started = time.perf_counter()
-        self._active += 1
-        self._idle.clear()
+        self.stream_started()
         request: TaskRequest | None = None
         unread = answering = False
         try:
@@ -217,9 +240,7 @@ class TaskServer:
             stream.reset()
         finally:
             self._answering -= answering
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+            self.stream_ended()
         self._log(stream.remote_peer, request, response)
 
     async def _answer(self, stream: Stream, response: TaskResponse, peer: PeerId) -> TaskResponse:

@@ -1,0 +1,331 @@
+"""Sending a task with protocol 2: events as they arrive, or the whole output.
+
+The client opens ``/p2pnode/task/2.0.0`` optimistically (no round trip for the protocol)
+unless identify told us the peer speaks only 1.0.0; a peer that refuses 2 gets the task
+again over 1.0.0 when its input is one text part. Leaving the event iterator early
+cancels the task on the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from p2pnode.errors import P2PError, ProtocolNotSupportedError, StreamResetError
+from p2pnode.protocols.task.client import PEER_CLOSE_GRACE, send_task
+from p2pnode.protocols.task.messages import (
+    DEFAULT_KIND,
+    MAX_RESPONSE_SIZE,
+    PROTOCOL_ID,
+    TaskError,
+    TaskTimeoutError,
+    task_error,
+)
+from p2pnode.protocols.task.messages2 import (
+    CHUNK_SIZE,
+    MAX_PARTS_PER_MESSAGE,
+    PROTOCOL_ID_V2,
+    Accepted,
+    Cancel,
+    Completed,
+    Failed,
+    InputChunk,
+    OutputChunk,
+    Part,
+    PartAssembler,
+    Request,
+    ServerEvent,
+    split_part,
+)
+from p2pnode.protocols.task.session2 import ClientSession, frame
+
+if TYPE_CHECKING:
+    from p2pnode.net.host import Host, PeerLike
+    from p2pnode.net.stream import Stream
+
+InputLike = str | bytes | Part | Sequence[Part]
+
+
+class TaskOutput(msgspec.Struct):
+    """A finished task: its output parts, the peer's handler time and our timings."""
+
+    task_id: str
+    parts: list[Part]
+    latency_ms: int
+    connect_ms: float
+    round_trip_ms: float
+    cached: bool = False
+    peer_id: str = ""
+    protocol: str = PROTOCOL_ID_V2
+
+    @property
+    def text(self) -> str:
+        """The text parts, joined."""
+        return "".join(p.text or "" for p in self.parts if p.type == "text")
+
+    @property
+    def data(self) -> bytes:
+        """All output as bytes (text as UTF-8, JSON encoded)."""
+        return b"".join(p.as_bytes() for p in self.parts)
+
+
+def as_parts(input: InputLike) -> list[Part]:
+    """The input as parts: text, bytes, one Part or a list of them."""
+    if isinstance(input, str):
+        return [Part.of_text(input)]
+    if isinstance(input, bytes | bytearray | memoryview):
+        return [Part.of_bytes(bytes(input))]
+    if isinstance(input, Part):
+        return [input]
+    return list(input)
+
+
+class TaskCall:
+    """One task on one peer: ``events()`` runs it; the timings are set as it goes."""
+
+    def __init__(
+        self,
+        node: Host,
+        peer: PeerLike,
+        input: InputLike = (),
+        *,
+        kind: str = DEFAULT_KIND,
+        timeout: float | None = None,
+        task_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        stream: bool = True,
+        input_chunks: Iterable[bytes] | None = None,
+        input_media: str | None = None,
+    ) -> None:
+        self.node = node
+        self.peer = peer
+        self.parts = as_parts(input)
+        self.kind = kind
+        self.timeout = timeout
+        self.task_id = task_id or os.urandom(8).hex()
+        self.metadata = metadata
+        self.stream = stream
+        self.input_chunks = input_chunks  # a bytes part sent as it is read (a file)
+        self.input_media = input_media
+        self.connect_ms = 0.0
+        self.round_trip_ms = 0.0
+        self.peer_id = ""
+        self.protocol = PROTOCOL_ID_V2
+        self._deadline: float | None = None
+
+    async def events(self) -> AsyncIterator[ServerEvent]:
+        """The task's events up to the terminal one; TaskError subclasses for a failure."""
+        loop = asyncio.get_running_loop()
+        self._deadline = None if self.timeout is None else loop.time() + self.timeout
+        started = time.perf_counter()
+        async with self._bounded():
+            conn = await self.node.connect(self.peer)
+        connected = time.perf_counter()
+        self.connect_ms = round((connected - started) * 1000, 3)
+        self.peer_id = str(conn.remote_peer)
+        known = self.node.peer_store.protocols_of(conn.remote_peer)
+        if known and PROTOCOL_ID_V2 not in known and PROTOCOL_ID in known:
+            events = self._protocol1()
+        else:
+            events = self._protocol2(conn)
+        async for event in events:
+            if isinstance(event, Completed | Failed):
+                self.round_trip_ms = round((time.perf_counter() - connected) * 1000, 3)
+            yield event
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                yield
+        except TimeoutError:
+            raise TaskTimeoutError(
+                "timeout", f"task {self.task_id}: no answer within {self.timeout}s", self.task_id
+            ) from None
+
+    async def _protocol2(self, conn: Any) -> AsyncIterator[ServerEvent]:
+        first, rest = self._request()
+        async with self._bounded():
+            stream: Stream = await conn.new_stream([PROTOCOL_ID_V2], optimistic=True)
+        session = ClientSession(self.task_id)
+        sender: asyncio.Task[None] | None = None
+        refused = False
+        try:
+            try:
+                if rest is None:
+                    with contextlib.suppress(StreamResetError):  # refused: its answer is here
+                        await stream.write(frame(first))
+                        await stream.close_write()
+                else:
+                    sender = asyncio.ensure_future(self._send_input(stream, first, rest))
+                while not session.done:
+                    async with self._bounded():
+                        chunk = await stream.read()
+                    if not chunk:
+                        session.receive_eof()
+                    for event in session.receive_data(chunk):
+                        if isinstance(event, Failed):
+                            raise task_error(event.code, event.message, self.task_id)
+                        yield event
+            except ProtocolNotSupportedError:
+                if not self._fits_protocol1():
+                    raise ProtocolNotSupportedError(
+                        f"peer {self.peer_id} speaks only {PROTOCOL_ID}, which takes one text "
+                        "input: send one text part, or upgrade the peer"
+                    ) from None
+                refused = True
+        finally:
+            if sender is not None and not sender.done():
+                sender.cancel()
+            if not refused and not session.done:
+                await _cancel(stream)
+        if refused:
+            async for event in self._protocol1():
+                yield event
+            return
+        await _await_peer_close(stream)
+
+    def _fits_protocol1(self) -> bool:
+        return (
+            self.input_chunks is None
+            and all(p.type == "text" for p in self.parts)
+            and (len(self.parts) <= 1)
+        )
+
+    async def _protocol1(self) -> AsyncIterator[ServerEvent]:
+        if not self._fits_protocol1():
+            raise ProtocolNotSupportedError(
+                f"peer {self.peer_id} speaks only {PROTOCOL_ID}, which takes one text input"
+            )
+        self.protocol = PROTOCOL_ID
+        text = self.parts[0].text or "" if self.parts else ""
+        remaining = None
+        if self._deadline is not None:
+            remaining = max(self._deadline - asyncio.get_running_loop().time(), 0.001)
+        result = await send_task(
+            self.node, self.peer, text, kind=self.kind, timeout=remaining, task_id=self.task_id
+        )
+        yield Accepted(self.task_id)
+        yield Completed(self.task_id, [Part.of_text(result.output)], result.latency_ms)
+
+    def _request(self) -> tuple[Request, Iterator[tuple[Part, bool]] | None]:
+        """The request with as much input as fits one message; the rest of the pieces."""
+        pieces = self._pieces()
+        request = Request(
+            self.task_id,
+            self.kind,
+            metadata=self.metadata,
+            timeout_ms=round(self.timeout * 1000) if self.timeout is not None else None,
+            stream=self.stream,
+        )
+        size = 0
+        for part, append in pieces:
+            if (
+                append
+                or size + part.size > CHUNK_SIZE
+                or len(request.input) >= (MAX_PARTS_PER_MESSAGE)
+            ):
+                request.more = True
+                return request, itertools.chain([(part, append)], pieces)
+            request.input.append(part)
+            size += part.size
+        return request, None
+
+    def _pieces(self) -> Iterator[tuple[Part, bool]]:
+        for part in self.parts:
+            yield from split_part(part)
+        if self.input_chunks is not None:
+            first = True
+            for chunk in self.input_chunks:
+                yield Part.of_bytes(chunk, self.input_media), not first
+                first = False
+            if first:  # an empty file is still a part
+                yield Part.of_bytes(b"", self.input_media), False
+
+    async def _send_input(
+        self, stream: Stream, request: Request, rest: Iterator[tuple[Part, bool]]
+    ) -> None:
+        await stream.write(frame(request))
+        for part, append in rest:
+            await stream.write(frame(InputChunk(part, append)))
+        await stream.write(frame(InputChunk(end=True)))
+        await stream.close_write()
+
+
+async def _cancel(stream: Stream) -> None:
+    """Tell the peer to stop (best effort), then reset the stream."""
+    with contextlib.suppress(BaseException):
+        async with asyncio.timeout(0.5):
+            await stream.write(frame(Cancel()))
+    stream.reset()
+
+
+async def _await_peer_close(stream: Stream) -> None:
+    if stream.at_eof:
+        return
+    with contextlib.suppress(P2PError, TimeoutError):
+        async with asyncio.timeout(PEER_CLOSE_GRACE):
+            if await stream.read(1):
+                stream.reset()
+
+
+def stream_task(
+    node: Host, peer: PeerLike, input: InputLike = (), **options: Any
+) -> AsyncIterator[ServerEvent]:
+    """Run a task and yield its events (accepted, progress, output, completed) as they come.
+
+    Options as for :class:`TaskCall` (``stream`` defaults to True). A failed task raises
+    its TaskError; leaving the loop early cancels the task on the peer.
+    """
+    return TaskCall(node, peer, input, **options).events()
+
+
+async def run_task(
+    node: Host,
+    peer: PeerLike,
+    input: InputLike = (),
+    *,
+    max_output: int = MAX_RESPONSE_SIZE,
+    **options: Any,
+) -> TaskOutput:
+    """Run a task and return its whole output (at most ``max_output`` bytes)."""
+    options.setdefault("stream", False)
+    call = TaskCall(node, peer, input, **options)
+    assembler = PartAssembler()
+    size = 0
+    latency = 0
+    cached = False
+    async for event in call.events():
+        parts: list[tuple[Part, bool]] = []
+        if isinstance(event, OutputChunk):
+            parts = [(event.part, event.append)]
+        elif isinstance(event, Completed):
+            parts = [(p, False) for p in event.parts]
+            latency, cached = event.latency_ms, event.cached
+        for part, append in parts:
+            size += part.size
+            if size > max_output:
+                raise TaskError(
+                    "too_large",
+                    f"task {call.task_id}: the output exceeds {max_output} bytes "
+                    "(stream it with stream_task, or raise max_output)",
+                    call.task_id,
+                )
+            assembler.add(part, append)
+    return TaskOutput(
+        call.task_id,
+        assembler.parts(),
+        latency,
+        call.connect_ms,
+        call.round_trip_ms,
+        cached,
+        call.peer_id,
+        call.protocol,
+    )

@@ -1,0 +1,642 @@
+"""Serving ``/p2pnode/task/2.0.0`` beside protocol 1, under the same TaskServer's limits.
+
+One stream per task: the request is read (bounded in size and time), the task admitted
+or refused, answered from the result cache when its id was seen, else its handler runs
+while a reader task feeds it the rest of the input (bounded per task and in the peer's
+request memory, so flow control holds a fast client back) and watches for ``cancel``.
+Events are written as the handler makes them when the client asked for a stream, else
+gathered (bounded) into one answer. See ``docs/task-protocol-2.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from p2pnode.errors import DecodeError, P2PError
+from p2pnode.net.limits import PeerBudgets
+from p2pnode.net.stream import Stream
+from p2pnode.protocols.task.handlers import HandlerFailedError, TaskHandler
+from p2pnode.protocols.task.handlers2 import Task, assemble, run_handler, streams_input
+from p2pnode.protocols.task.messages import ErrorCode
+from p2pnode.protocols.task.messages2 import (
+    MAX_BUFFERED_INPUT,
+    MAX_MESSAGE_SIZE,
+    MAX_TOTAL_INPUT,
+    Accepted,
+    Cancel,
+    Completed,
+    Failed,
+    OutputChunk,
+    Part,
+    PartAssembler,
+    Request,
+    TaskProgress,
+    split_part,
+)
+from p2pnode.protocols.task.session2 import (
+    InputEnd,
+    InputPiece,
+    InputTooLargeError,
+    ServerSession,
+    frame,
+)
+from p2pnode.wire.framing import MessageTooLargeError
+from p2pnode.wire.identity import PeerId
+
+log = logging.getLogger("p2pnode.protocols.task.server")
+
+CACHE_ENTRIES = 256
+CACHE_TTL = 600.0
+CACHE_MAX_BYTES = 1024 * 1024
+INPUT_AHEAD = 1024 * 1024  # input read ahead of a streaming handler, per task
+_ONE_MESSAGE = MAX_MESSAGE_SIZE - 4096  # output that fits one answer with room for its keys
+_UNCACHED = frozenset({"cancelled", "busy", "shutting_down", "unauthorized"})
+CLIENT_CANCELLED = "the client cancelled"
+Outcome = Completed | Failed
+
+
+class ServerState(Protocol):
+    """What protocol 2 shares with the TaskServer: handlers, limits, counters, cancelling."""
+
+    handlers: dict[str, TaskHandler]
+    max_concurrent: int
+    allow: frozenset[PeerId] | None
+    max_response_size: int
+    max_timeout: float | None
+    request_read_timeout: float
+    response_write_timeout: float
+    expose_errors: bool
+    request_memory: PeerBudgets
+    _running: set[asyncio.Task[None]]
+    _cancelled: dict[asyncio.Task[None], str]
+    _answering: int
+    _shutting_down: bool
+
+    def _cancel(self, task: asyncio.Task[None], reason: str) -> None: ...
+    def stream_started(self) -> None: ...
+    def stream_ended(self) -> None: ...
+    def log_task(
+        self, peer: PeerId, kind: str, task_id: str, latency_ms: int, code: str, message: str
+    ) -> None: ...
+
+
+class ResultCache:
+    """Outcomes of finished tasks by (peer, task id): bounded in entries, age and size."""
+
+    def __init__(
+        self,
+        max_entries: int = CACHE_ENTRIES,
+        ttl: float = CACHE_TTL,
+        max_bytes: int = CACHE_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[tuple[PeerId, str], tuple[float, Outcome]] = OrderedDict()
+        self.running: dict[tuple[PeerId, str], asyncio.Future[Outcome | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[PeerId, str]) -> Outcome | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self._clock() - entry[0] > self.ttl:
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[PeerId, str], outcome: Outcome, size: int) -> bool:
+        """Keep ``outcome`` (``size``: bytes of its parts) unless it must not be; whether kept."""
+        if size > self.max_bytes or (isinstance(outcome, Failed) and outcome.code in _UNCACHED):
+            return False
+        self._entries[key] = (self._clock(), outcome)
+        self._entries.move_to_end(key)
+        now = self._clock()
+        while self._entries:
+            oldest_key, (when, _) = next(iter(self._entries.items()))
+            if len(self._entries) <= self.max_entries and now - when <= self.ttl:
+                break
+            del self._entries[oldest_key]
+        return True
+
+
+class _Refused(Exception):
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+
+
+class InputFeed:
+    """The rest of a task's input, read from the stream by a task of its own.
+
+    Reads stop while ``INPUT_AHEAD`` bytes wait for the handler (reserved in the peer's
+    request memory), so the stream's flow control holds the client back. A ``cancel``
+    calls ``on_cancel``; a reset ends the feed with the stream's error.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        session: ServerSession,
+        memory: PeerBudgets,
+        on_cancel: Callable[[], None],
+        read_timeout: float,
+    ) -> None:
+        self.stream = stream
+        self.session = session
+        self.memory = memory
+        self.on_cancel = on_cancel
+        self.read_timeout = read_timeout
+        self._pieces: deque[InputPiece] = deque()
+        self._held = 0
+        self._ended = False
+        self.error: _Refused | P2PError | None = None
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def push(self, events: Sequence[object]) -> None:
+        for event in events:
+            if isinstance(event, InputPiece):
+                size = event.part.size
+                if not self.memory.reserve(self.stream.remote_peer, size):
+                    used = self.memory.used_by(self.stream.remote_peer)
+                    raise _Refused(
+                        ErrorCode.BUSY,
+                        f"{used} bytes of unfinished input from you are held here: "
+                        "finish or cancel those tasks before starting more",
+                    )
+                self._held += size
+                self._pieces.append(event)
+            elif isinstance(event, InputEnd):
+                self._ended = True
+            elif isinstance(event, Cancel):
+                self.on_cancel()
+        if self._held >= INPUT_AHEAD:
+            self._room.clear()
+        self._ready.set()
+
+    async def next_piece(self) -> InputPiece | None:
+        while not self._pieces:
+            if self.error is not None:
+                raise self.error
+            if self._ended:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        piece = self._pieces.popleft()
+        size = piece.part.size
+        self._held -= size
+        self.memory.release(self.stream.remote_peer, size)
+        if self._held < INPUT_AHEAD:
+            self._room.set()
+        return piece
+
+    async def run(self) -> None:
+        """Read until the client closes its side (input, then perhaps a cancel)."""
+        try:
+            while True:
+                await self._room.wait()
+                if self.session.input_done:
+                    chunk = await self.stream.read()
+                else:
+                    async with asyncio.timeout(self.read_timeout):
+                        chunk = await self.stream.read()
+                if not chunk:
+                    self.session.receive_eof()
+                    return
+                self.push(self.session.receive_data(chunk))
+        except TimeoutError:
+            self.error = _Refused(
+                ErrorCode.BAD_REQUEST, f"no more input within {self.read_timeout}s"
+            )
+        except (MessageTooLargeError, InputTooLargeError) as exc:
+            self.error = _Refused(ErrorCode.TOO_LARGE, str(exc))
+        except DecodeError as exc:
+            self.error = _Refused(ErrorCode.BAD_REQUEST, str(exc))
+        except _Refused as exc:
+            self.error = exc
+        except P2PError as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def close(self) -> None:
+        """Give back what is still held."""
+        if self._held:
+            self.memory.release(self.stream.remote_peer, self._held)
+            self._held = 0
+        self._pieces.clear()
+
+
+class TaskService2:
+    """The protocol-2 side of a TaskServer."""
+
+    def __init__(
+        self,
+        server: ServerState,
+        *,
+        max_total_input: int = MAX_TOTAL_INPUT,
+        max_buffered_input: int = MAX_BUFFERED_INPUT,
+        cache: ResultCache | None = None,
+        output_types: Mapping[str, str] | None = None,
+    ) -> None:
+        self.server = server
+        self.max_total_input = max_total_input
+        self.max_buffered_input = max_buffered_input
+        self.cache = cache or ResultCache()
+        self.output_types = dict(output_types or {})  # media type of untyped outputs, per kind
+
+    async def handle_stream(self, stream: Stream) -> None:
+        """Serve one protocol-2 task stream."""
+        server = self.server
+        server.stream_started()
+        session = ServerSession(max_total_input=self.max_total_input)
+        started = time.perf_counter()
+        outcome: Outcome
+        try:
+            outcome = await self._serve(stream, session)
+        except P2PError as exc:  # the stream broke: nobody to answer
+            request_id = session.request.id if session.request else ""
+            outcome = Failed(request_id, "failed", f"stream failed: {exc}")
+            stream.reset()
+        finally:
+            server.stream_ended()
+        if outcome.latency_ms is None:
+            outcome.latency_ms = _elapsed_ms(started)
+        kind = session.request.kind if session.request else ""
+        code = outcome.code if isinstance(outcome, Failed) else "ok"
+        message = outcome.message if isinstance(outcome, Failed) else ""
+        server.log_task(stream.remote_peer, kind, outcome.id, outcome.latency_ms, code, message)
+
+    async def _serve(self, stream: Stream, session: ServerSession) -> Outcome:
+        try:
+            pending = await self._read_request(stream, session)
+        except _Refused as refused:
+            unreadable = Failed("", refused.code, refused.message)
+            await self._finish(stream, [frame(unreadable)], unread=True)
+            return unreadable
+        request = session.request
+        assert request is not None
+        peer = stream.remote_peer
+        try:
+            self._admit(request, peer)
+        except _Refused as refused:
+            refusal = Failed(request.id, refused.code, refused.message)
+            await self._finish(stream, [frame(refusal)], unread=not session.input_done)
+            return refusal
+        key = (peer, request.id)
+        earlier = await self._earlier_outcome(key)
+        if earlier is not None:
+            return await self._answer_again(stream, session, request, earlier)
+        waiter: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self.cache.running[key] = waiter
+        outcome: Outcome = Failed(request.id, "failed", "the task did not finish")
+        cacheable = -1
+        try:
+            outcome, cacheable = await self._run(stream, session, request, pending)
+        finally:
+            if cacheable >= 0 and self.cache.put(key, outcome, cacheable):
+                waiter.set_result(outcome)
+            else:
+                waiter.set_result(None)
+            del self.cache.running[key]
+        return outcome
+
+    async def _earlier_outcome(self, key: tuple[PeerId, str]) -> Outcome | None:
+        outcome = self.cache.get(key)
+        if outcome is not None:
+            return outcome
+        running = self.cache.running.get(key)
+        if running is None:
+            return None
+        timeout = self.server.max_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(running)
+        except TimeoutError:
+            return None
+
+    async def _answer_again(
+        self, stream: Stream, session: ServerSession, request: Request, earlier: Outcome
+    ) -> Outcome:
+        """A retry of a task whose outcome we hold: discard its input, answer the outcome."""
+        if isinstance(earlier, Completed):
+            answer: Outcome = Completed(request.id, earlier.parts, earlier.latency_ms, cached=True)
+        else:
+            answer = earlier
+        if not session.input_done:
+            with contextlib.suppress(TimeoutError, DecodeError):
+                async with asyncio.timeout(self.server.request_read_timeout):
+                    while not session.input_done and (chunk := await stream.read()):
+                        session.receive_data(chunk)
+        await self._finish(stream, [frame(Accepted(request.id)), frame(answer)], unread=False)
+        return answer
+
+    async def _read_request(self, stream: Stream, session: ServerSession) -> list[object]:
+        """Read until the request is whole; the events that came with it."""
+        server = self.server
+        peer = stream.remote_peer
+        stream.set_deadline(server.request_read_timeout)
+        held = 0
+        try:
+            while True:
+                chunk = await stream.read()
+                if not chunk:
+                    session.receive_eof()
+                events: list[object] = list(session.receive_data(chunk))
+                if session.request is not None:
+                    return events
+                more = session.buffered - held
+                if more > 0:
+                    if not server.request_memory.reserve(peer, more):
+                        used = server.request_memory.used_by(peer)
+                        raise _Refused(
+                            ErrorCode.BUSY,
+                            f"{used} bytes of unfinished requests from you are held here: "
+                            "finish or cancel those before starting more",
+                        )
+                    held += more
+        except (MessageTooLargeError, InputTooLargeError) as exc:
+            raise _Refused(ErrorCode.TOO_LARGE, str(exc)) from None
+        except TimeoutError:
+            raise _Refused(
+                ErrorCode.BAD_REQUEST, f"no request within {server.request_read_timeout}s"
+            ) from None
+        except DecodeError as exc:
+            raise _Refused(ErrorCode.BAD_REQUEST, str(exc)) from None
+        finally:
+            stream.set_deadline(None)
+            if held:
+                server.request_memory.release(peer, held)
+
+    def _admit(self, request: Request, peer: PeerId) -> None:
+        server = self.server
+        if server.allow is not None and peer not in server.allow:
+            log.warning("refused task %s from unauthorized peer %s", request.id, peer)
+            raise _Refused(ErrorCode.UNAUTHORIZED, f"peer {peer} is not allowed to send tasks")
+        if server._shutting_down:
+            raise _Refused(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+        if request.kind not in server.handlers:
+            kinds = ", ".join(sorted(server.handlers))
+            raise _Refused(
+                ErrorCode.UNKNOWN_KIND, f"no handler for kind {request.kind!r}; have {kinds}"
+            )
+        if len(server._running) + server._answering >= server.max_concurrent:
+            raise _Refused(ErrorCode.BUSY, f"{server.max_concurrent} tasks are already running")
+
+    async def _run(
+        self, stream: Stream, session: ServerSession, request: Request, pending: list[object]
+    ) -> tuple[Outcome, int]:
+        """Run the handler; its outcome (sent) and the bytes of its parts (-1: not cacheable)."""
+        server = self.server
+        this = asyncio.current_task()
+        assert this is not None
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else None
+        if server.max_timeout is not None:
+            timeout = min(timeout or server.max_timeout, server.max_timeout)
+        handler = server.handlers[request.kind]
+
+        def cancel() -> None:
+            if this in server._running:
+                server._cancel(this, CLIENT_CANCELLED)
+
+        feed = InputFeed(
+            stream, session, server.request_memory, cancel, server.request_read_timeout
+        )
+        writer = _EventWriter(stream, server.response_write_timeout, request.stream)
+        writer.add(Accepted(request.id))
+        if request.stream:
+            await writer.flush()
+        reader: asyncio.Task[None] | None = None
+        started = time.perf_counter()
+        limit = CACHE_MAX_BYTES if request.stream else server.max_response_size
+        collected = _Collected(limit, self.output_types.get(request.kind), request.stream)
+        server._running.add(this)
+
+        def stop_the_work(_: Exception) -> None:  # nobody is left to answer
+            if this in server._running:
+                server._cancel(this, _FAILED)
+
+        stream.on_fail(stop_the_work)
+        try:
+            feed.push(pending)
+            if not stream.at_eof:
+                reader = asyncio.ensure_future(feed.run())
+            elif not session.input_done:
+                session.receive_eof()
+            async with asyncio.timeout(timeout):
+                task = await self._task(stream, request, handler, feed, timeout)
+                events = run_handler(handler, task)
+                try:
+                    async for event in events:
+                        await self._emit(event, writer, collected, request.stream)
+                finally:
+                    await events.aclose()  # type: ignore[attr-defined]
+            if feed.error is not None:
+                raise feed.error
+            outcome: Outcome = Completed(request.id, [], _elapsed_ms(started))
+        except _Refused as refused:
+            outcome = Failed(request.id, refused.code, refused.message, _elapsed_ms(started))
+        except DecodeError as exc:
+            outcome = Failed(request.id, "bad_request", str(exc), _elapsed_ms(started))
+        except TimeoutError:
+            outcome = Failed(request.id, "timeout", f"handler ran over {timeout}s")
+        except asyncio.CancelledError:
+            reason = server._cancelled.pop(this, None)
+            if reason is None or this.uncancel() > 0:
+                raise
+            if reason == _FAILED and stream.failed is not None:
+                raise stream.failed from None
+            code = "cancelled" if reason == CLIENT_CANCELLED else "shutting_down"
+            outcome = Failed(request.id, code, f"cancelled: {reason}", _elapsed_ms(started))
+        except HandlerFailedError as exc:
+            outcome = Failed(request.id, "failed", str(exc), _elapsed_ms(started))
+        except Exception as exc:
+            message = f"handler raised {type(exc).__name__}: {exc}"
+            log.error(
+                "task %s kind=%s from %s: %s",
+                request.id,
+                request.kind,
+                stream.remote_peer,
+                message,
+                exc_info=exc,
+            )
+            if not server.expose_errors:
+                message = "the handler failed; see the server's log"
+            outcome = Failed(request.id, "failed", message, _elapsed_ms(started))
+        finally:
+            server._running.discard(this)
+            if server._cancelled.pop(this, None) is not None:
+                this.uncancel()
+            feed.close()
+        server._answering += 1
+        try:
+            if isinstance(outcome, Completed):
+                await writer.complete(outcome, collected)
+            else:
+                writer.add(outcome)
+            input_unread = not session.input_done
+            await writer.flush()
+            if reader is not None:
+                reader.cancel()
+            await self._finish(stream, [], unread=input_unread)
+        finally:
+            server._answering -= 1
+        if isinstance(outcome, Completed) and collected.cacheable:
+            return Completed(outcome.id, collected.parts(), outcome.latency_ms), collected.size
+        return outcome, (-1 if isinstance(outcome, Completed) else 0)
+
+    async def _task(
+        self,
+        stream: Stream,
+        request: Request,
+        handler: TaskHandler,
+        feed: InputFeed,
+        timeout: float | None,
+    ) -> Task:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        common = {
+            "peer_id": str(stream.remote_peer),
+            "metadata": request.metadata,
+            "deadline": deadline,
+            "stream": request.stream,
+        }
+        if streams_input(handler):
+            return Task(request.id, request.kind, source=feed, **common)  # type: ignore[arg-type]
+        pieces: list[InputPiece] = []
+        total = 0
+        while (piece := await feed.next_piece()) is not None:
+            total += piece.part.size
+            if total > self.max_buffered_input:
+                raise _Refused(
+                    ErrorCode.TOO_LARGE,
+                    f"kind {request.kind!r} takes its input whole, and it exceeds "
+                    f"{self.max_buffered_input} bytes",
+                )
+            pieces.append(piece)
+        return Task(request.id, request.kind, parts=assemble(pieces), **common)  # type: ignore[arg-type]
+
+    async def _emit(
+        self, event: object, writer: _EventWriter, collected: _Collected, streamed: bool
+    ) -> None:
+        if isinstance(event, TaskProgress):
+            if streamed:
+                writer.add(event)
+                await writer.flush()
+            return
+        assert isinstance(event, OutputChunk)
+        collected.note(event)
+        if streamed:
+            for piece, append in split_part(event.part):
+                writer.add(OutputChunk(piece, append or event.append))
+                await writer.flush()
+
+    async def _finish(self, stream: Stream, frames: list[bytes], *, unread: bool) -> None:
+        if frames:
+            writer = _EventWriter(stream, self.server.response_write_timeout, False)
+            writer.frames.extend(frames)
+            await writer.flush()
+        await stream.close()
+        if unread and not stream.at_eof:
+            stream.reset()  # after the answer: stop the rest of an input we will not read
+
+
+_FAILED = "the stream failed"
+
+
+class _Collected:
+    """Output parts as the handler makes them. A non-streamed answer keeps them all, up to
+    its limit (beyond it the task fails); a streamed one keeps them for the result cache
+    while they fit it, then only counts their size."""
+
+    def __init__(self, limit: int, media_type: str | None, streamed: bool) -> None:
+        self.limit = limit
+        self.media_type = media_type  # given to output parts that have none
+        self.streamed = streamed
+        self.size = 0
+        self._assembler: PartAssembler | None = PartAssembler()
+
+    @property
+    def cacheable(self) -> bool:
+        return self._assembler is not None and self.size <= CACHE_MAX_BYTES
+
+    def note(self, event: OutputChunk) -> None:
+        part = event.part
+        if part.media_type is None and self.media_type is not None and not event.append:
+            part.media_type = self.media_type
+        self.size += part.size
+        if self._assembler is None:
+            return
+        if self.size > self.limit:
+            if not self.streamed:
+                raise _Refused(
+                    ErrorCode.FAILED,
+                    f"output of more than {self.limit} bytes: ask for a stream "
+                    "(send-task --stream) to receive it",
+                )
+            self._assembler = None
+            return
+        self._assembler.add(part, event.append)
+
+    def parts(self) -> list[Part]:
+        if self._assembler is None:
+            raise _Refused(
+                ErrorCode.FAILED, f"output of more than {self.limit} bytes (ask for a stream)"
+            )
+        return self._assembler.parts()
+
+
+class _EventWriter:
+    """Frames events and writes them, each write bounded by the write timeout."""
+
+    def __init__(self, stream: Stream, timeout: float, streamed: bool) -> None:
+        self.stream = stream
+        self.timeout = timeout
+        self.streamed = streamed
+        self.frames: list[bytes] = []
+
+    def add(self, event: object) -> None:
+        self.frames.append(frame(event))  # type: ignore[arg-type]
+
+    async def flush(self) -> None:
+        if not self.frames:
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames.clear()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.stream.write(data)
+        except TimeoutError:
+            raise P2PError(f"the peer did not take the answer within {self.timeout}s") from None
+
+    async def complete(self, outcome: Completed, collected: _Collected) -> None:
+        """Add the terminal event: all output in it (not streamed, small), else chunks first."""
+        if self.streamed:
+            self.add(outcome)
+            return
+        parts = collected.parts()
+        if collected.size <= _ONE_MESSAGE:
+            outcome.parts = parts
+            self.add(outcome)
+            return
+        for part in parts:
+            for piece, append in split_part(part):
+                self.add(OutputChunk(piece, append))
+                await self.flush()
+        self.add(outcome)
+
+
+def _elapsed_ms(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
