@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from p2pnode.errors import (
     ConnectionClosedError,
@@ -37,7 +37,9 @@ from p2pnode.wire.multistream import MultistreamListener
 from p2pnode.wire.muxer import StreamRefused
 
 if TYPE_CHECKING:
+    from p2pnode.protocols.card import AgentCard, CardCache
     from p2pnode.protocols.kad.dht import DhtConfig, KadDHT
+    from p2pnode.protocols.task.client2 import InputLike
     from p2pnode.routing.mdns import DiscoveredPeer, DiscoveryEvent, MdnsDiscovery
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class Node:
         for name in self.config.peer_routing:
             self.add_router(self._builtin_router(name))
         self.dht: KadDHT | None = None
+        self._cards: CardCache | None = None
         if self.config.dht is not None:
             from p2pnode.protocols.kad.dht import KadDHT  # only nodes in a DHT load it
 
@@ -653,6 +656,82 @@ class Node:
             raise LocalProtocolError("discovery is off: start the node with NodeConfig(mdns=True)")
         async for event in self.discovery.events():
             yield event
+
+    # -- tasks (protocol 2, falling back to 1) ---------------------------------------
+
+    @property
+    def cards(self) -> CardCache:
+        """Agent cards fetched recently (for routing tasks to a capable peer)."""
+        if self._cards is None:
+            from p2pnode.protocols.card import CardCache
+
+            self._cards = CardCache()
+        return self._cards
+
+    def stream_task(self, peer: PeerLike, input: InputLike = (), **options: Any) -> Any:
+        """The events of a task on ``peer`` as they arrive (see ``client2.stream_task``)."""
+        from p2pnode.protocols.task.client2 import stream_task
+
+        return stream_task(self, peer, input, **options)
+
+    async def run_task(
+        self,
+        peer: PeerLike | None = None,
+        input: InputLike = (),
+        *,
+        kind: str = "default",
+        any: bool = False,
+        fanout: int | None = None,
+        first: bool = False,
+        candidates: Sequence[PeerLike] = (),
+        **options: Any,
+    ) -> Any:
+        """Run a task on ``peer``, or (``any``) on the best peer that serves ``kind``.
+
+        ``any`` gathers candidates (``candidates``, connected peers, mDNS, the DHT's
+        providers of ``kind``), reads their cards and retries elsewhere on busy; with
+        ``fanout`` N it runs on N of them and returns a list of PeerResult (``first``:
+        only the first success).
+        """
+        from p2pnode.protocols import capable
+        from p2pnode.protocols.task.client2 import run_task
+
+        if not any and fanout is None:
+            if peer is None:
+                raise LocalProtocolError("run_task needs a peer, or any=True to pick one")
+            return await run_task(self, peer, input, kind=kind, **options)
+        found = await capable.capable_peers(
+            self, await self.task_candidates(kind, candidates), kind, cards=self.cards
+        )
+        if fanout is not None:
+            return await capable.fan_out(
+                self, found, input, kind=kind, count=fanout, first=first, **options
+            )
+        return await capable.run_on_any(self, found, input, kind=kind, **options)
+
+    async def task_candidates(
+        self, kind: str, extra: Sequence[PeerLike] = (), timeout: float = 10.0
+    ) -> list[PeerLike]:
+        """Peers that may serve ``kind``: ``extra``, connected, mDNS, DHT providers."""
+        found: list[PeerLike] = list(extra)
+        found += [c.remote_peer for c in self.connections()]
+        found += [p.peer_id for p in self.peers()]
+        if self.dht is not None:
+            from p2pnode.wire.kad import provider_key_for_kind
+
+            providers = await self.dht.find_providers(provider_key_for_kind(kind), timeout=timeout)
+            for provider in providers:
+                self.peer_store.add_addrs(provider.peer_id, provider.addrs, "dht")
+                found.append(provider.peer_id)
+        return [p for p in dict.fromkeys(found) if p != self.peer_id]
+
+    async def fetch_card(self, peer: PeerLike, timeout: float = 10.0) -> AgentCard:
+        """``peer``'s agent card, verified (RecordError if forged or not its own)."""
+        from p2pnode.protocols.card import fetch_card
+
+        card = await fetch_card(self, peer, timeout)
+        self.cards.put(PeerId.from_string(card.peer_id), card)
+        return card
 
     # -- built-in protocols ----------------------------------------------------------
 

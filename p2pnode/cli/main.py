@@ -1,4 +1,5 @@
-"""The ``p2pnode`` command line: ``id``, ``serve``, ``ping``, ``perf``, ``send-task``, ``peers``.
+"""The ``p2pnode`` command line: ``id``, ``serve``, ``ping``, ``perf``, ``send-task``, ``card``,
+``peers``.
 
 With ``--json`` every command prints one JSON object per line on stdout.
 Errors go to stderr and the exit code tells what kind of failure it was
@@ -20,11 +21,9 @@ from p2pnode.cli.output import (
     MUXER_CHOICES,
     Output,
     Seconds,
-    check_text,
     internal_error,
     load_identity,
     raise_open_file_limit,
-    read_stdin_text,
     run_async,
     summarize,
 )
@@ -223,6 +222,22 @@ def dht_protocol_option(func: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Tasks run at once; beyond it new tasks get 'busy'. [default: 128]",
 )
+@click.option("--name", default="", help="The node's name, in its agent card.")
+@click.option("--description", default="", help="What the node is for, in its agent card.")
+@click.option(
+    "--describe",
+    "describe_specs",
+    multiple=True,
+    metavar='KIND="TEXT"',
+    help="What a task kind does, in the agent card (repeatable).",
+)
+@click.option(
+    "--output-type",
+    "output_type_specs",
+    multiple=True,
+    metavar="KIND=MEDIA/TYPE",
+    help="Media type of a kind's output (e.g. an --exec kind: image/png) (repeatable).",
+)
 @click.option(
     "--allow", "allow", multiple=True, help="Only accept tasks from this PeerId (repeatable)."
 )
@@ -289,6 +304,10 @@ def serve(
     exec_specs: tuple[str, ...],
     python_specs: tuple[str, ...],
     max_concurrent: int | None,
+    name: str,
+    description: str,
+    describe_specs: tuple[str, ...],
+    output_type_specs: tuple[str, ...],
     allow: tuple[str, ...],
     allow_file: str | None,
     grace: float,
@@ -326,6 +345,10 @@ def serve(
         exec_specs=list(exec_specs),
         python_specs=list(python_specs),
         max_concurrent=max_concurrent,
+        name=name,
+        description=description,
+        describe=_kind_settings(describe_specs, "--describe", out),
+        output_types=_kind_settings(output_type_specs, "--output-type", out),
         allow=list(allow),
         allow_file=allow_file,
         grace=grace,
@@ -340,6 +363,17 @@ def serve(
         metrics=metrics,
     )
     run_async(lambda: run_serve(options, out), out)
+
+
+def _kind_settings(specs: tuple[str, ...], option: str, out: Output) -> dict[str, str]:
+    """``KIND=VALUE`` settings by kind."""
+    settings = {}
+    for spec in specs:
+        kind, sep, value = spec.partition("=")
+        if not sep or not kind.strip():
+            out.error(f"{option} {spec!r}: expected KIND=VALUE", EXIT_ERROR)
+        settings[kind.strip()] = value
+    return settings
 
 
 @main.command("ping")
@@ -452,8 +486,17 @@ def perf_command(
 
 @main.command("send-task")
 @click.argument("peer")
-@click.argument("task_input", metavar="INPUT")
+@click.argument("task_input", metavar="[INPUT]", required=False)
 @click.option("--kind", default="default", show_default=True, help="Which handler on the peer.")
+@click.option(
+    "--input-file",
+    metavar="PATH",
+    help="Send this file's bytes exactly, as a bytes part ('-': standard input).",
+)
+@click.option("--media", metavar="MEDIA/TYPE", help="Media type of --input-file (e.g. image/png).")
+@click.option("--metadata", metavar="JSON", help="A JSON object passed to the handler.")
+@click.option("--stream", is_flag=True, help="Print output as it arrives (progress on stderr).")
+@click.option("--output-file", metavar="PATH", help="Write the output's bytes exactly to PATH.")
 @click.option(
     "--timeout",
     type=Seconds(),
@@ -476,15 +519,34 @@ def perf_command(
     "--any",
     "any_kind",
     is_flag=True,
-    help="PEER is a task kind: send to a peer the DHT lists as serving it (needs --bootstrap).",
+    help="PEER is a task kind: send to the least-loaded, nearest peer whose card serves it.",
 )
+@click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    metavar="MADDR",
+    help="With --any: a peer to consider (repeatable); else mDNS and the DHT find them.",
+)
+@click.option(
+    "--fanout",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --any: run on N capable peers at once and print each one's result.",
+)
+@click.option("--first", is_flag=True, help="With --fanout: print the first success only.")
 @bootstrap_option
 @dht_protocol_option
 @json_option
 def send_task_command(
     peer: str,
-    task_input: str,
+    task_input: str | None,
     kind: str,
+    input_file: str | None,
+    media: str | None,
+    metadata: str | None,
+    stream: bool,
+    output_file: str | None,
     timeout: float,
     connect_timeout: float,
     identity_path: str | None,
@@ -492,6 +554,9 @@ def send_task_command(
     muxer: str,
     no_cache: bool,
     any_kind: bool,
+    candidates: tuple[str, ...],
+    fanout: int | None,
+    first: bool,
     bootstrap: tuple[str, ...],
     dht_protocol: str,
     as_json: bool,
@@ -500,36 +565,103 @@ def send_task_command(
 
     PEER is a multiaddr ending in /p2p/<id>, or a bare PeerId (found through the address
     cache, mDNS, then the DHT when --bootstrap is given). With --any, PEER is a task kind
-    (also sent as --kind) and the task goes to a peer that provides it in the DHT.
-    INPUT "-" reads standard input.
+    (also sent as --kind) and the task goes to a peer whose agent card serves it.
+    INPUT is sent as text; "-" sends standard input's bytes exactly (as --input-file -).
+    Output is written as the peer sent it: bytes exactly, text with a final newline.
     """
-    from p2pnode.cli.sendtask import send_task_cli
+    from p2pnode.cli.sendtask import TaskInput, send_task_cli
 
     out = Output(as_json)
-    text = read_stdin_text(out) if task_input == "-" else check_text(task_input, "INPUT", out)
+    if task_input == "-":
+        if input_file is not None:
+            out.error('INPUT "-" and --input-file both read input: use one', EXIT_ERROR)
+        task_input, input_file = None, "-"
+    if task_input is None and input_file is None:
+        out.error("give INPUT, --input-file PATH, or - for standard input", EXIT_ERROR)
+    if (fanout or first) and not any_kind:
+        out.error("--fanout and --first need --any KIND", EXIT_ERROR)
+    parts = [] if task_input is None else [_input_part(task_input, out)]
+    task = TaskInput(
+        parts,
+        file=input_file,
+        media=media,
+        metadata=_metadata(metadata, out),
+        stream=stream,
+        output_file=output_file,
+        fanout=fanout,
+        first=first,
+        candidates=list(candidates),
+    )
     identity = load_identity(identity_path, ephemeral, out)
     run_async(
         lambda: send_task_cli(
             out,
             identity,
             peer,
-            text,
+            task,
             kind=kind,
             timeout=timeout,
             connect_timeout=connect_timeout,
             muxers=MUXER_CHOICES[muxer],
             use_cache=not no_cache,
-            dht=_dht_config(bootstrap, dht_protocol) if bootstrap or any_kind else None,
+            dht=_dht_config(bootstrap, dht_protocol) if bootstrap else None,
             any_kind=any_kind,
         ),
         out,
     )
 
 
+def _input_part(text: str, out: Output) -> Any:
+    """INPUT as a text part; an argument that is not UTF-8 goes as its exact bytes."""
+    from p2pnode.protocols.task.messages2 import Part
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        import os
+
+        return Part.of_bytes(os.fsencode(text))
+    return Part.of_text(text)
+
+
+def _metadata(text: str | None, out: Output) -> dict[str, Any] | None:
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        out.error(f"--metadata is not JSON: {exc}", EXIT_ERROR)
+    if not isinstance(value, dict):
+        out.error("--metadata must be a JSON object, e.g. '{\"n\": 3}'", EXIT_ERROR)
+    return value
+
+
 def _dht_config(bootstrap: tuple[str, ...], dht_protocol: str) -> DhtConfig:
     from p2pnode.cli.dht import dht_config  # only commands that join a DHT load it
 
     return dht_config(bootstrap, dht_protocol)
+
+
+@main.command("card")
+@click.argument("peer")
+@click.option("--timeout", type=Seconds(), default=10.0, show_default=True)
+@identity_option
+@click.option("--ephemeral", is_flag=True, help="Use a fresh identity instead of the key file.")
+@json_option
+def card_command(
+    peer: str, timeout: float, identity_path: str | None, ephemeral: bool, as_json: bool
+) -> None:
+    """Print PEER's agent card: name, kinds (media types, schemas, streaming) and load.
+
+    The card is signed by the peer; one that does not verify is refused.
+    """
+    from p2pnode.cli.card import print_card
+
+    out = Output(as_json)
+    identity = load_identity(identity_path, ephemeral, out)
+    run_async(lambda: print_card(out, identity, peer, timeout), out)
 
 
 @main.command("find-peer")

@@ -6,19 +6,20 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from p2pnode.cli.results import OutputWriter, file_chunks, part_json, print_event
 from p2pnode.errors import (
-    DialError,
     DiscoveryError,
-    LocalProtocolError,
     MultiaddrError,
     P2PError,
     P2PTimeoutError,
 )
 from p2pnode.node import Node, NodeConfig
-from p2pnode.protocols.task.client import send_task
+from p2pnode.protocols.task.client2 import TaskOutput, run_task, stream_task
 from p2pnode.protocols.task.messages import TaskTimeoutError
+from p2pnode.protocols.task.messages2 import Part
 from p2pnode.routing.router import ConnectTrace
 from p2pnode.wire.identity import Identity, PeerId
 from p2pnode.wire.multiaddr import Multiaddr
@@ -33,11 +34,27 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+@dataclass(slots=True)
+class TaskInput:
+    """What ``send-task`` sends and how it shows the answer."""
+
+    parts: list[Part] = field(default_factory=list)
+    file: str | None = None  # sent as a bytes part, read as it goes ("-": stdin)
+    media: str | None = None
+    metadata: dict[str, Any] | None = None
+    stream: bool = False  # print output as it arrives
+    output_file: str | None = None
+    fanout: int | None = None
+    first: bool = False
+    candidates: list[str] = field(default_factory=list)
+    discover: float = 1.5  # seconds of mDNS listening for --any without other candidates
+
+
 async def send_task_cli(
     out: Output,
     identity: Identity,
     target: str,
-    text: str,
+    task: TaskInput,
     *,
     kind: str,
     timeout: float,
@@ -50,11 +67,10 @@ async def send_task_cli(
     """``p2pnode send-task``: resolve, connect, send, print the output (or all of it as JSON).
 
     ``timeout`` bounds the whole command; finding and connecting to the peer also end
-    after ``connect_timeout``. With ``any_kind``, ``target`` is a task kind and the peer
-    is one the DHT lists for it.
+    after ``connect_timeout``. With ``any_kind``, ``target`` is a task kind and the task
+    goes to the best peer that serves it (``task.fanout``: to several).
     """
     started = time.perf_counter()
-    provider_ms = 0.0
     if any_kind:
         kind = target
     elif target.startswith("/") and Multiaddr.from_string(target).peer_id is None:
@@ -65,17 +81,15 @@ async def send_task_cli(
     trace = ConnectTrace()
     budget = _Budget(timeout, connect_timeout)
     try:
+        if any_kind:
+            await _send_to_any(out, node, kind, task, budget)
+            return
         try:
             async with asyncio.timeout(budget.connect_left()) as connecting:
                 if node.dht is not None:
                     budget.phase = "joining the DHT"
                     await node.dht.start()
                     await node.dht.bootstrap()
-                if any_kind:
-                    budget.phase = f"looking up providers of {kind!r} in the DHT"
-                    found_at = time.perf_counter()
-                    target = str(await _any_provider(node, kind, budget.connect_left()))
-                    provider_ms = _ms(time.perf_counter() - found_at)
                 budget.phase = f"connecting to {target}"
                 conn = await node.connect(target, trace=trace)
         except TimeoutError:
@@ -83,8 +97,13 @@ async def send_task_cli(
                 raise  # a timeout of its own (a handshake, a lookup) says what it was
             raise budget.expired(connecting=True) from None
         sent = time.perf_counter()
+        options = _task_options(task, kind)
         try:
-            result = await send_task(node, conn.remote_peer, text, kind=kind, timeout=budget.left())
+            if task.stream or task.output_file:
+                await _stream_to_output(out, node, conn.remote_peer, task, options, budget)
+                return
+            result = await run_task(node, conn.remote_peer, task.parts, timeout=budget.left(),
+                                    max_output=1 << 30, **options)  # fmt: skip
         except TaskTimeoutError as exc:
             raise TaskTimeoutError(
                 exc.code, f"task {exc.task_id}: {budget.expired(connecting=False)}", exc.task_id
@@ -93,29 +112,149 @@ async def send_task_cli(
     finally:
         await node.stop()
     timings: dict[str, Any] = {"connect_ms": trace.connect_ms}
-    if any_kind:  # the provider lookup found and dialed it
-        timings.update(connect_ms=provider_ms, resolved_by="dht")
-    elif trace.resolved_by not in ("address", "connected"):
+    if trace.resolved_by not in ("address", "connected"):
         timings["resolved_by"] = trace.resolved_by
     if trace.lookup_ms:
         timings["discovery_ms"] = trace.lookup_ms
     timings["round_trip_ms"] = _ms(round_trip)
     timings["total_ms"] = _ms(time.perf_counter() - started)
+    _print_result(out, result, addr=str(conn.remote_addr), timings=timings)
+
+
+def _task_options(task: TaskInput, kind: str) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": task.metadata,
+        "input_chunks": file_chunks(task.file) if task.file else None,
+        "input_media": task.media,
+    }
+
+
+def _print_result(out: Output, result: TaskOutput, **fields: Any) -> None:
     if out.as_json:
         out.emit(
             "result",
             "",
-            peer_id=str(conn.remote_peer),
-            addr=str(conn.remote_addr),
+            peer_id=result.peer_id,
             task_id=result.task_id,
-            output=result.output,
+            output=_as_text(result.parts),
+            parts=[part_json(p) for p in result.parts],
             latency_ms=result.latency_ms,
-            timings=timings,
+            cached=result.cached,
+            protocol=result.protocol,
+            **fields,
         )
-    else:
-        output = result.output
-        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+        return
+    writer = OutputWriter(None)
+    for part in result.parts:
+        writer.part(part)
+    if _is_unterminated_text(result.parts):
+        sys.stdout.write("\n")  # as protocol 1 did: text output is a line
         sys.stdout.flush()
+    writer.close()
+
+
+def _as_text(parts: list[Part]) -> str | None:
+    """The output as one text when it is UTF-8 (JSON parts aside); else None."""
+    try:
+        return "".join(
+            p.text or "" if p.type == "text" else (p.data or b"").decode()
+            for p in parts
+            if p.type != "json"
+        )
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_unterminated_text(parts: list[Part]) -> bool:
+    """Output that is UTF-8 text without a final newline (binary output stays exact)."""
+    if not parts or any(p.type == "json" for p in parts):
+        return False
+    last = parts[-1].as_bytes()
+    if last.endswith(b"\n"):
+        return False
+    try:
+        for part in parts:
+            if part.type == "bytes":
+                (part.data or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def _stream_to_output(
+    out: Output,
+    node: Node,
+    peer: PeerId,
+    task: TaskInput,
+    options: dict[str, Any],
+    budget: _Budget,
+) -> None:
+    writer = OutputWriter(task.output_file)
+    try:
+        events = stream_task(node, peer, task.parts, timeout=budget.left(),
+                             stream=task.stream, **options)  # fmt: skip
+        async for event in events:
+            print_event(out, event, writer)
+    finally:
+        writer.close()
+    if task.output_file and not out.as_json:
+        print(f"wrote {writer.written} bytes to {task.output_file}", file=sys.stderr)
+
+
+async def _send_to_any(
+    out: Output, node: Node, kind: str, task: TaskInput, budget: _Budget
+) -> None:
+    """``--any KIND``: candidates, their cards, the best one (or ``--fanout`` of them)."""
+    from p2pnode.protocols import capable
+
+    try:
+        async with asyncio.timeout(budget.connect_left()) as connecting:
+            if node.dht is not None:
+                budget.phase = "joining the DHT"
+                await node.dht.start()
+                await node.dht.bootstrap()
+            if not task.candidates and node.dht is None:
+                budget.phase = "listening for peers on mDNS"
+                await node.start_discovery()
+                await asyncio.sleep(task.discover)  # the discovery window
+            budget.phase = f"looking for peers that serve {kind!r}"
+            peers = await node.task_candidates(kind, task.candidates, budget.connect_left())
+            found = await capable.capable_peers(node, peers, kind, cards=node.cards)
+    except TimeoutError:
+        if not connecting.expired():
+            raise
+        raise budget.expired(connecting=True) from None
+    if not found:
+        raise DiscoveryError(
+            f"none of the {len(peers)} peers found serves kind {kind!r}"
+            + ("" if peers else ": give candidates with --candidate MADDR or --bootstrap")
+        )
+    options = _task_options(task, kind)
+    options.pop("kind")
+    if task.fanout is None:
+        result = await capable.run_on_any(node, found, task.parts, kind=kind,
+                                          timeout=budget.left(), **options)  # fmt: skip
+        _print_result(out, result)
+        return
+    results = await capable.fan_out(node, found, task.parts, kind=kind, count=task.fanout,
+                                    first=task.first, timeout=budget.left(), **options)  # fmt: skip
+    failures = 0
+    for one in results:
+        if one.output is not None:
+            if out.as_json:
+                _print_result(out, one.output)
+            else:
+                print(f"== {one.peer_id}", flush=True)
+                _print_result(out, one.output)
+        else:
+            failures += 1
+            if out.as_json:
+                out.emit("failed", "", peer_id=one.peer_id, error=str(one.error))
+            else:
+                print(f"== {one.peer_id} failed: {one.error}", file=sys.stderr, flush=True)
+    if failures == len(results):
+        raise DiscoveryError(f"the task failed on all {failures} peers")
 
 
 class _Budget:
@@ -151,26 +290,6 @@ class _Budget:
             f"no result within {limit}: the task may still be running on the peer; "
             "allow more time with --timeout"
         )
-
-
-async def _any_provider(node: Node, kind: str, timeout: float) -> PeerId:
-    """A peer the DHT lists as serving ``kind`` (the first that answers a dial)."""
-    if node.dht is None:
-        raise LocalProtocolError("--any needs the DHT: pass --bootstrap MADDR")
-    from p2pnode.wire.kad import provider_key_for_kind
-
-    providers = await node.dht.find_providers(provider_key_for_kind(kind), timeout=timeout)
-    if not providers:
-        raise DiscoveryError(f"no peer in the DHT provides kind {kind!r}")
-    errors = []
-    for provider in providers:
-        try:
-            await node.dial_first(provider.peer_id, provider.addrs)
-        except P2PError as exc:
-            errors.append(f"{provider.peer_id}: {exc}")
-        else:
-            return provider.peer_id
-    raise DialError(f"no provider of {kind!r} could be reached: " + "; ".join(errors))
 
 
 async def watch_peers(out: Output, *, timeout: float) -> None:
@@ -320,9 +439,16 @@ async def _print_peers(
                 await node.dial_first(peer.peer_id, peer.addrs)
                 info = await node.identify(peer.peer_id)
                 fields.update(agent_version=info.agent_version, protocols=info.protocols)
+                from p2pnode.protocols.card import CARD_PROTOCOL
+
+                if CARD_PROTOCOL in info.protocols:
+                    card = await node.fetch_card(peer.peer_id)
+                    fields.update(name=card.name, kinds=[k.kind for k in card.kinds])
             except P2PError as exc:
                 fields["identify_error"] = str(exc)
         human = f"{peer.peer_id} [{','.join(fields['sources'])}]  " + " ".join(fields["addrs"])
         if "agent_version" in fields:
             human += f"  ({fields['agent_version']})"
+        if "kinds" in fields:
+            human += f"  kinds: {', '.join(fields['kinds'])}"
         out.emit("peer", human, **fields)

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, cast
 
 from p2pnode.cli.dht import dht_config
 from p2pnode.cli.lines import Repeats
-from p2pnode.errors import IdentityError, P2PError
+from p2pnode.errors import IdentityError, LocalProtocolError, P2PError
 from p2pnode.net.limits import Limits
 from p2pnode.node import ConnectionEvent, Node, NodeConfig
 from p2pnode.protocols.kad.dht import DEFAULT_PROTOCOL as DEFAULT_DHT_PROTOCOL
 from p2pnode.protocols.kad.dht import DhtMode
 from p2pnode.protocols.perf import DEFAULT_MAX_DOWNLOAD, serve_perf
+from p2pnode.protocols.task.handlers import ExecHandler
 from p2pnode.protocols.task.server import (
     DEFAULT_MAX_CONCURRENT,
     TaskLogRecord,
@@ -53,6 +54,10 @@ class ServeOptions:
     exec_specs: list[str] = field(default_factory=list)
     python_specs: list[str] = field(default_factory=list)
     max_concurrent: int | None = None
+    name: str = ""
+    description: str = ""
+    describe: dict[str, str] = field(default_factory=dict)  # kind -> text, for the card
+    output_types: dict[str, str] = field(default_factory=dict)  # kind -> media type
     allow: list[str] = field(default_factory=list)
     allow_file: str | None = None
     grace: float = 10.0
@@ -172,6 +177,27 @@ async def _provide_kinds(node: Node, kinds: list[str], out: Output) -> None:
                  kind=kind, peers=peers)  # fmt: skip
 
 
+def _serve_card(node: Node, identity: Identity, server: TaskServer, options: ServeOptions) -> None:
+    """Serve the node's signed agent card (``p2pnode card``)."""
+    from p2pnode import __version__
+    from p2pnode.protocols.card import CardService, task_server_card
+
+    unknown = sorted(set(options.describe) - set(server.handlers))
+    if unknown:
+        raise LocalProtocolError(
+            f"--describe names kinds this node does not serve: {', '.join(unknown)}; "
+            f"it serves {', '.join(sorted(server.handlers))}"
+        )
+    for kind, handler in server.handlers.items():
+        media = options.output_types.get(kind)
+        if media and isinstance(handler, ExecHandler):
+            handler.media_type = media
+    build = task_server_card(
+        server, node.peer_id, options.name, options.description, f"p2pnode/{__version__}"
+    )
+    CardService(node, identity, build).install()
+
+
 async def run_serve(options: ServeOptions, out: Output) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully."""
     from p2pnode.cli.output import format_event, full_addrs
@@ -252,8 +278,11 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
         allow=allowed,
         expose_errors=options.expose_errors,
         on_log=log_task,
+        output_types=options.output_types,
+        descriptions=options.describe,
     )
     server.install()
+    _serve_card(node, identity, server, options)
     from p2pnode.cli.status import node_status, open_status_endpoint
 
     started = time.monotonic()

@@ -133,6 +133,15 @@ class TaskCall:
         known = self.node.peer_store.protocols_of(conn.remote_peer)
         if known and PROTOCOL_ID_V2 not in known and PROTOCOL_ID in known:
             events = self._protocol1()
+        elif self.input_chunks is not None and not known:
+            # Input read as it is sent cannot be sent twice: ask which protocol first.
+            async with self._bounded():
+                stream = await conn.new_stream([PROTOCOL_ID_V2, PROTOCOL_ID])
+            if stream.protocol == PROTOCOL_ID_V2:
+                events = self._protocol2(conn, stream)
+            else:
+                stream.reset()
+                events = self._protocol1()
         else:
             events = self._protocol2(conn)
         async for event in events:
@@ -150,10 +159,13 @@ class TaskCall:
                 "timeout", f"task {self.task_id}: no answer within {self.timeout}s", self.task_id
             ) from None
 
-    async def _protocol2(self, conn: Any) -> AsyncIterator[ServerEvent]:
+    async def _protocol2(
+        self, conn: Any, stream: Stream | None = None
+    ) -> AsyncIterator[ServerEvent]:
         first, rest = self._request()
-        async with self._bounded():
-            stream: Stream = await conn.new_stream([PROTOCOL_ID_V2], optimistic=True)
+        if stream is None:
+            async with self._bounded():
+                stream = await conn.new_stream([PROTOCOL_ID_V2], optimistic=True)
         session = ClientSession(self.task_id)
         sender: asyncio.Task[None] | None = None
         refused = False
@@ -192,20 +204,37 @@ class TaskCall:
             return
         await _await_peer_close(stream)
 
+    def _protocol1_text(self) -> str | None:
+        """The input as protocol 1 carries it (one text), or None when it cannot."""
+        if len(self.parts) > 1:
+            return None
+        data: bytes | str = self.parts[0].text or "" if self.parts else ""
+        if self.parts and self.parts[0].type == "bytes":
+            data = self.parts[0].data or b""
+        elif self.parts and self.parts[0].type != "text":
+            return None
+        if self.input_chunks is not None:
+            if self.parts:
+                return None
+            data = b"".join(self.input_chunks)
+        if isinstance(data, bytes):
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return data
+
     def _fits_protocol1(self) -> bool:
-        return (
-            self.input_chunks is None
-            and all(p.type == "text" for p in self.parts)
-            and (len(self.parts) <= 1)
-        )
+        return self.input_chunks is None and self._protocol1_text() is not None
 
     async def _protocol1(self) -> AsyncIterator[ServerEvent]:
-        if not self._fits_protocol1():
+        text = self._protocol1_text()
+        if text is None:
             raise ProtocolNotSupportedError(
-                f"peer {self.peer_id} speaks only {PROTOCOL_ID}, which takes one text input"
+                f"peer {self.peer_id} speaks only {PROTOCOL_ID}, which takes one UTF-8 text "
+                "input: send text, or upgrade the peer"
             )
         self.protocol = PROTOCOL_ID
-        text = self.parts[0].text or "" if self.parts else ""
         remaining = None
         if self._deadline is not None:
             remaining = max(self._deadline - asyncio.get_running_loop().time(), 0.001)
