@@ -31,6 +31,10 @@ _HOMES = {
     **dict.fromkeys(("AGENT_VERSION", "ConnectionEvent", "Node", "NodeConfig"), "p2pnode.node"),
     **dict.fromkeys(("Identity", "PeerId", "PublicKey"), "p2pnode.wire.identity"),
     "Multiaddr": "p2pnode.wire.multiaddr",
+    **dict.fromkeys(("Part", "TaskProgress"), "p2pnode.protocols.task.messages2"),
+    **dict.fromkeys(("TaskOutput", "run_task", "stream_task"), "p2pnode.protocols.task.client2"),
+    "Task": "p2pnode.protocols.task.handlers2",
+    **dict.fromkeys(("AgentCard", "fetch_card"), "p2pnode.protocols.card"),
 }
 
 if TYPE_CHECKING:
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from p2pnode.net.connection import Connection
     from p2pnode.net.stream import Stream
     from p2pnode.node import AGENT_VERSION, ConnectionEvent, Node, NodeConfig
+    from p2pnode.protocols.card import AgentCard, fetch_card
     from p2pnode.protocols.task import (
         EchoHandler,
         ExecHandler,
@@ -69,6 +74,9 @@ if TYPE_CHECKING:
         TaskTimeoutError,
         send_task,
     )
+    from p2pnode.protocols.task.client2 import TaskOutput, run_task, stream_task
+    from p2pnode.protocols.task.handlers2 import Task
+    from p2pnode.protocols.task.messages2 import Part, TaskProgress
     from p2pnode.wire.identity import Identity, PeerId, PublicKey
     from p2pnode.wire.multiaddr import Multiaddr
 
@@ -90,6 +98,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AGENT_VERSION",
+    "AgentCard",
     "Connection",
     "ConnectionClosedError",
     "ConnectionEvent",
@@ -110,6 +119,7 @@ __all__ = [
     "NodeConfig",
     "P2PError",
     "P2PTimeoutError",
+    "Part",
     "PeerId",
     "PeerIdMismatchError",
     "ProtocolNotSupportedError",
@@ -119,12 +129,18 @@ __all__ = [
     "Stream",
     "StreamClosedError",
     "StreamResetError",
+    "Task",
     "TaskError",
     "TaskFailedError",
+    "TaskOutput",
+    "TaskProgress",
     "TaskRefusedError",
     "TaskRequest",
     "TaskResult",
     "TaskServer",
     "TaskTimeoutError",
+    "fetch_card",
+    "run_task",
     "send_task",
+    "stream_task",
 ]

@@ -494,6 +494,9 @@ def perf_command(
     help="Send this file's bytes exactly, as a bytes part ('-': standard input).",
 )
 @click.option("--media", metavar="MEDIA/TYPE", help="Media type of --input-file (e.g. image/png).")
+@click.option(
+    "--input-json", metavar="JSON", help="Send this JSON value as a json part (after INPUT)."
+)
 @click.option("--metadata", metavar="JSON", help="A JSON object passed to the handler.")
 @click.option("--stream", is_flag=True, help="Print output as it arrives (progress on stderr).")
 @click.option("--output-file", metavar="PATH", help="Write the output's bytes exactly to PATH.")
@@ -544,6 +547,7 @@ def send_task_command(
     kind: str,
     input_file: str | None,
     media: str | None,
+    input_json: str | None,
     metadata: str | None,
     stream: bool,
     output_file: str | None,
@@ -576,11 +580,18 @@ def send_task_command(
         if input_file is not None:
             out.error('INPUT "-" and --input-file both read input: use one', EXIT_ERROR)
         task_input, input_file = None, "-"
-    if task_input is None and input_file is None:
-        out.error("give INPUT, --input-file PATH, or - for standard input", EXIT_ERROR)
+    if task_input is None and input_file is None and input_json is None:
+        out.error(
+            "give INPUT, --input-file PATH, --input-json JSON, or - for standard input",
+            EXIT_ERROR,
+        )
     if (fanout or first) and not any_kind:
         out.error("--fanout and --first need --any KIND", EXIT_ERROR)
     parts = [] if task_input is None else [_input_part(task_input, out)]
+    if input_json is not None:
+        from p2pnode.protocols.task.messages2 import Part
+
+        parts.append(Part.of_json(_json_value(input_json, "--input-json", out)))
     task = TaskInput(
         parts,
         file=input_file,
@@ -624,15 +635,19 @@ def _input_part(text: str, out: Output) -> Any:
     return Part.of_text(text)
 
 
-def _metadata(text: str | None, out: Output) -> dict[str, Any] | None:
+def _json_value(text: str, option: str, out: Output) -> Any:
     import json
 
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        out.error(f"{option} is not JSON: {exc}", EXIT_ERROR)
+
+
+def _metadata(text: str | None, out: Output) -> dict[str, Any] | None:
     if text is None:
         return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        out.error(f"--metadata is not JSON: {exc}", EXIT_ERROR)
+    value = _json_value(text, "--metadata", out)
     if not isinstance(value, dict):
         out.error("--metadata must be a JSON object, e.g. '{\"n\": 3}'", EXIT_ERROR)
     return value

@@ -231,6 +231,9 @@ async def _send_to_any(
             + ("" if peers else ": give candidates with --candidate MADDR or --bootstrap")
         )
     options = _task_options(task, kind)
+    if task.fanout is None and (task.stream or task.output_file):
+        await _stream_to_output(out, node, found[0].peer, task, options, budget)  # the best
+        return
     options.pop("kind")
     if task.fanout is None:
         result = await capable.run_on_any(node, found, task.parts, kind=kind,

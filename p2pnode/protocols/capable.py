@@ -75,7 +75,7 @@ async def capable_peers(
             rtt_ms = (time.perf_counter() - started) * 1000
         if card.kind(kind) is None:
             return None
-        return Candidate(peer, card, rtt_ms)
+        return Candidate(conn.remote_peer, card, rtt_ms)  # the verified peer, not its address
 
     found = await asyncio.gather(*(examine(p) for p in dict.fromkeys(peers)))
     capable = [c for c in found if c is not None]
