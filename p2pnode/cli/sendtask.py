@@ -193,7 +193,7 @@ async def _stream_to_output(
     writer = OutputWriter(task.output_file)
     try:
         events = stream_task(node, peer, task.parts, timeout=budget.left(),
-                             stream=task.stream, **options)  # fmt: skip
+                             stream=task.stream or bool(task.output_file), **options)  # fmt: skip
         async for event in events:
             print_event(out, event, writer)
     finally:
