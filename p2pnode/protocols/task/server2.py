@@ -130,6 +130,10 @@ class ResultCache:
         return True
 
 
+class AnswerNotTakenError(P2PError):
+    """The client did not read the answer within the write timeout."""
+
+
 class _Refused(Exception):
     def __init__(self, code: ErrorCode | str, message: str) -> None:
         super().__init__(message)
@@ -463,6 +467,8 @@ class TaskService2:
             outcome = Failed(request.id, code, f"cancelled: {reason}", _elapsed_ms(started))
         except HandlerFailedError as exc:
             outcome = Failed(request.id, "failed", str(exc), _elapsed_ms(started))
+        except AnswerNotTakenError:
+            raise  # nobody reads: the stream is reset, the handler stopped (finally below)
         except Exception as exc:
             message = f"handler raised {type(exc).__name__}: {exc}"
             log.error(
@@ -619,7 +625,9 @@ class _EventWriter:
             async with asyncio.timeout(self.timeout):
                 await self.stream.write(data)
         except TimeoutError:
-            raise P2PError(f"the peer did not take the answer within {self.timeout}s") from None
+            raise AnswerNotTakenError(
+                f"the peer did not take the answer within {self.timeout}s"
+            ) from None
 
     async def complete(self, outcome: Completed, collected: _Collected) -> None:
         """Add the terminal event: all output in it (not streamed, small), else chunks first."""

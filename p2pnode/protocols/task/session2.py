@@ -109,6 +109,7 @@ class ServerSession:
             if self.request is not None:
                 raise DecodeError("a second request on the same stream: one task per stream")
             self.request = message
+            events.append(message)
             for part in message.input:
                 self._count(part)
                 events.append(InputPiece(part, False))

@@ -222,9 +222,22 @@ function frame (message, encodeOptions = {}) {
   return bytes
 }
 
+// @libp2p/utils 7.4's stream.onDrain() keeps its first promise, so after one drain it no
+// longer waits (and a writer would buffer everything); wait for the next 'drain' event instead.
+function drained (stream) {
+  if (!stream.writableNeedsDrain) return Promise.resolve()
+  return new Promise((resolve, reject) => {
+    const onDrain = () => { cleanup(); resolve() }
+    const onClose = (evt) => { cleanup(); reject(evt.error ?? new Error('the stream closed')) }
+    const cleanup = () => { stream.removeEventListener('drain', onDrain); stream.removeEventListener('close', onClose) }
+    stream.addEventListener('drain', onDrain)
+    stream.addEventListener('close', onClose)
+  })
+}
+
 async function send (stream, data) {
   for (let offset = 0; offset < data.length; offset += WRITE_SLICE) {
-    if (!stream.send(data.subarray(offset, offset + WRITE_SLICE))) await stream.onDrain()
+    if (!stream.send(data.subarray(offset, offset + WRITE_SLICE))) await drained(stream)
   }
 }
 
@@ -540,6 +553,7 @@ async function readRequest (reader) {
 async function withDeadline (promise, ms, makeError) {
   let timer
   const deadline = new Promise((resolve, reject) => { timer = setTimeout(() => reject(makeError()), ms) })
+  promise.catch(() => {}) // abandoned after the deadline
   try { return await Promise.race([promise, deadline]) } finally { clearTimeout(timer) }
 }
 
@@ -711,11 +725,12 @@ function requestOf (options, input, more) {
 
 /** The request (with the leading pieces that fit) and the input pieces left to send. */
 async function buildRequest (options) {
-  const pieces = withLast(inputPieces(options))
+  const pieces = withLast(inputPieces(options)) // read by hand: a for-await break would close it
   const input = []
   let size = 0
   let pending = null
-  for await (const [piece, last] of pieces) {
+  for (let next = await pieces.next(); !next.done; next = await pieces.next()) {
+    const [piece, last] = next.value
     const fits = !piece.append && input.length < MAX_PARTS && (input.length === 0 || size + partSize(piece.part) <= REQUEST_INPUT_BUDGET)
     if (!fits) { pending = [piece, last]; break }
     input.push(piece.part)
