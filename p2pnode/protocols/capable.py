@@ -21,6 +21,7 @@ from p2pnode.errors import DiscoveryError, P2PError
 from p2pnode.protocols.card import AgentCard, CardCache
 from p2pnode.protocols.task.client2 import InputLike, TaskOutput, run_task
 from p2pnode.protocols.task.messages import TaskError
+from p2pnode.wire.identity import PeerId
 
 if TYPE_CHECKING:
     from p2pnode.net.host import Host, PeerLike
@@ -33,7 +34,7 @@ CARD_CONCURRENCY = 16
 class Candidate:
     """A peer whose card lists the kind, with what ranks it."""
 
-    peer: PeerLike
+    peer: PeerId  # as the connection proved it
     card: AgentCard
     rtt_ms: float
 

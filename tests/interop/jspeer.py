@@ -85,9 +85,11 @@ class JsListener:
             self.stderr_path.unlink(missing_ok=True)
 
 
-async def start_js_listener(*args: str, netns: str | None = None) -> JsListener:
+async def start_js_listener(
+    *args: str, netns: str | None = None, script: Path = PEER_SCRIPT
+) -> JsListener:
     node = require_js_peer()
-    argv = [node, str(PEER_SCRIPT), "listen", *args]
+    argv = [node, str(script), "listen", *args]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     fd, name = tempfile.mkstemp(prefix="js-peer-", suffix=".stderr")
