@@ -13,8 +13,8 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from p2pnode.net.stream import Stream
 
 InputLike = str | bytes | Part | Sequence[Part]
+T = TypeVar("T")
 
 
 class TaskOutput(msgspec.Struct):
@@ -125,8 +126,7 @@ class TaskCall:
         loop = asyncio.get_running_loop()
         self._deadline = None if self.timeout is None else loop.time() + self.timeout
         started = time.perf_counter()
-        async with self._bounded():
-            conn = await self.node.connect(self.peer)
+        conn = await self._timed(self.node.connect(self.peer))
         connected = time.perf_counter()
         self.connect_ms = round((connected - started) * 1000, 3)
         self.peer_id = str(conn.remote_peer)
@@ -135,8 +135,7 @@ class TaskCall:
             events = self._protocol1()
         elif self.input_chunks is not None and not known:
             # Input read as it is sent cannot be sent twice: ask which protocol first.
-            async with self._bounded():
-                stream = await conn.new_stream([PROTOCOL_ID_V2, PROTOCOL_ID])
+            stream = await self._timed(conn.new_stream([PROTOCOL_ID_V2, PROTOCOL_ID]))
             if stream.protocol == PROTOCOL_ID_V2:
                 events = self._protocol2(conn, stream)
             else:
@@ -149,11 +148,13 @@ class TaskCall:
                 self.round_trip_ms = round((time.perf_counter() - connected) * 1000, 3)
             yield event
 
-    @contextlib.asynccontextmanager
-    async def _bounded(self) -> AsyncIterator[None]:
+    async def _timed(self, awaitable: Awaitable[T]) -> T:
+        """``await awaitable``, by the task's deadline (TaskTimeoutError after it)."""
+        if self._deadline is None:
+            return await awaitable
         try:
             async with asyncio.timeout_at(self._deadline):
-                yield
+                return await awaitable
         except TimeoutError:
             raise TaskTimeoutError(
                 "timeout", f"task {self.task_id}: no answer within {self.timeout}s", self.task_id
@@ -164,8 +165,8 @@ class TaskCall:
     ) -> AsyncIterator[ServerEvent]:
         first, rest = self._request()
         if stream is None:
-            async with self._bounded():
-                stream = await conn.new_stream([PROTOCOL_ID_V2], optimistic=True)
+            stream = await self._timed(conn.new_stream([PROTOCOL_ID_V2], optimistic=True))
+        assert stream is not None
         session = ClientSession(self.task_id)
         sender: asyncio.Task[None] | None = None
         refused = False
@@ -178,8 +179,10 @@ class TaskCall:
                 else:
                     sender = asyncio.ensure_future(self._send_input(stream, first, rest))
                 while not session.done:
-                    async with self._bounded():
+                    if self._deadline is None:
                         chunk = await stream.read()
+                    else:
+                        chunk = await self._timed(stream.read())
                     if not chunk:
                         session.receive_eof()
                     for event in session.receive_data(chunk):

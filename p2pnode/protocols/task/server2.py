@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from p2pnode.errors import DecodeError, P2PError
+from p2pnode.errors import DecodeError, P2PError, P2PTimeoutError
 from p2pnode.net.limits import PeerBudgets
 from p2pnode.net.stream import Stream
 from p2pnode.protocols.task.handlers import HandlerFailedError, TaskHandler
@@ -101,7 +101,8 @@ class ResultCache:
         self.max_bytes = max_bytes
         self._clock = clock
         self._entries: OrderedDict[tuple[PeerId, str], tuple[float, Outcome]] = OrderedDict()
-        self.running: dict[tuple[PeerId, str], asyncio.Future[Outcome | None]] = {}
+        # tasks running now, each with the retries waiting for its outcome
+        self.running: dict[tuple[PeerId, str], list[asyncio.Future[Outcome | None]]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -213,7 +214,10 @@ class InputFeed:
             while True:
                 await self._room.wait()
                 if self.session.input_done:
-                    chunk = await self.stream.read()
+                    try:
+                        chunk = await self.stream.read()
+                    except P2PTimeoutError:
+                        continue  # a writer's deadline, caught by this wait: only cancels come
                 else:
                     async with asyncio.timeout(self.read_timeout):
                         chunk = await self.stream.read()
@@ -304,17 +308,17 @@ class TaskService2:
         earlier = await self._earlier_outcome(key)
         if earlier is not None:
             return await self._answer_again(stream, session, request, earlier)
-        waiter: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
-        self.cache.running[key] = waiter
+        waiters: list[asyncio.Future[Outcome | None]] = []  # retries of this very task
+        self.cache.running[key] = waiters
         outcome: Outcome = Failed(request.id, "failed", "the task did not finish")
         cacheable = -1
         try:
             outcome, cacheable = await self._run(stream, session, request, pending)
         finally:
-            if cacheable >= 0 and self.cache.put(key, outcome, cacheable):
-                waiter.set_result(outcome)
-            else:
-                waiter.set_result(None)
+            kept = cacheable >= 0 and self.cache.put(key, outcome, cacheable)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(outcome if kept else None)
             del self.cache.running[key]
         return outcome
 
@@ -322,13 +326,14 @@ class TaskService2:
         outcome = self.cache.get(key)
         if outcome is not None:
             return outcome
-        running = self.cache.running.get(key)
-        if running is None:
+        waiters = self.cache.running.get(key)
+        if waiters is None:
             return None
-        timeout = self.server.max_timeout
+        waiter: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
         try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(running)
+            async with asyncio.timeout(self.server.max_timeout):
+                return await waiter
         except TimeoutError:
             return None
 
@@ -424,6 +429,7 @@ class TaskService2:
         if request.stream:
             await writer.flush()
         reader: asyncio.Task[None] | None = None
+        deferred: asyncio.Handle | None = None
         started = time.perf_counter()
         limit = CACHE_MAX_BYTES if request.stream else server.max_response_size
         collected = _Collected(limit, self.output_types.get(request.kind), request.stream)
@@ -436,8 +442,17 @@ class TaskService2:
         stream.on_fail(stop_the_work)
         try:
             feed.push(pending)
-            if not stream.at_eof:
+            if not stream.at_eof and not session.input_done:
                 reader = asyncio.ensure_future(feed.run())
+            elif not stream.at_eof:
+                # Only a cancel can still come: watch for it from the next loop turn, so
+                # that a task done at once (most small ones) costs no reader task.
+                def watch() -> None:
+                    nonlocal reader
+                    if this in server._running:
+                        reader = asyncio.ensure_future(feed.run())
+
+                deferred = asyncio.get_running_loop().call_soon(watch)
             elif not session.input_done:
                 session.receive_eof()
             async with asyncio.timeout(timeout):
@@ -495,6 +510,8 @@ class TaskService2:
                 writer.add(outcome)
             input_unread = not session.input_done
             await writer.flush()
+            if deferred is not None:
+                deferred.cancel()
             if reader is not None:
                 reader.cancel()
             await self._finish(stream, [], unread=input_unread)
@@ -621,13 +638,16 @@ class _EventWriter:
             return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames.clear()
+        stream = self.stream
+        stream.set_deadline(self.timeout)  # costs nothing unless the write has to wait
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.stream.write(data)
-        except TimeoutError:
+            await stream.write(data)
+        except P2PTimeoutError:
             raise AnswerNotTakenError(
                 f"the peer did not take the answer within {self.timeout}s"
             ) from None
+        finally:
+            stream.set_deadline(None)
 
     async def complete(self, outcome: Completed, collected: _Collected) -> None:
         """Add the terminal event: all output in it (not streamed, small), else chunks first."""
