@@ -25,45 +25,74 @@ def encode_frame(payload: bytes) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into length-prefixed messages of at most ``max_size`` bytes."""
+    """Splits a byte stream into length-prefixed messages of at most ``max_size`` bytes.
+
+    A message that arrives in pieces is joined once, when its last piece comes (pieces
+    of immutable ``bytes`` are held without a copy until then), so a large message costs
+    one copy however many reads it spans.
+    """
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._buffer = bytearray()
-        self._expected: int | None = None
+        self._head = b""  # an incomplete length prefix
+        self._expected: int | None = None  # body size of the message being received
+        self._pieces: list[bytes | memoryview] = []
+        self._have = 0  # bytes of the body in _pieces
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a message."""
-        return len(self._buffer)
+        return len(self._head) + self._have
 
     @property
     def in_message(self) -> bool:
         """True when part of a message (its prefix or some of its body) has arrived."""
-        return bool(self._buffer) or self._expected is not None
+        return bool(self._head) or self._expected is not None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Feed bytes; return every message completed by them."""
-        self._buffer += data
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        keep = isinstance(data, bytes)  # immutable: pieces may point into it
         messages: list[bytes] = []
-        buffer = self._buffer
-        pos = 0
-        while True:
+        while view:
             if self._expected is None:
-                header = decode_uvarint(buffer, pos)
-                if header is None:
-                    if len(buffer) - pos >= 9:
-                        raise DecodeError("length prefix is not a valid varint")
+                view = self._read_prefix(view)
+                if self._expected is None:
                     break
-                size, pos = header
-                if size > self.max_size:
-                    raise MessageTooLargeError(size, self.max_size)
-                self._expected = size
-            end = pos + self._expected
-            if end > len(buffer):
+            need = self._expected - self._have
+            if len(view) < need:
+                self._pieces.append(view if keep else bytes(view))
+                self._have += len(view)
                 break
-            messages.append(bytes(buffer[pos:end]))
-            pos = end
+            if self._pieces:
+                self._pieces.append(view[:need])
+                messages.append(b"".join(self._pieces))
+                self._pieces = []
+            else:
+                messages.append(bytes(view[:need]))
+            view = view[need:]
             self._expected = None
-        del buffer[:pos]
+            self._have = 0
+        if self._expected == 0:  # an empty message needs no more bytes
+            messages.append(b"")
+            self._expected = None
         return messages
+
+    def _read_prefix(self, view: memoryview) -> memoryview:
+        """Take a length prefix from (the head and) ``view``; what is left of ``view``."""
+        head = self._head
+        joined: bytes | memoryview = head + bytes(view[:9]) if head else view
+        header = decode_uvarint(joined, 0)
+        if header is None:
+            if len(joined) >= 9:
+                raise DecodeError("length prefix is not a valid varint")
+            self._head = bytes(joined)
+            return view[len(view) :]
+        size, pos = header
+        self._head = b""
+        if size > self.max_size:
+            raise MessageTooLargeError(size, self.max_size)
+        self._expected = size
+        return view[pos - len(head) :]

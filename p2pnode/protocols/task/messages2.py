@@ -156,6 +156,43 @@ def encode(message: ClientMessage | ServerEvent) -> bytes:
     return _encoder.encode(message)
 
 
+def _bin_header(size: int) -> bytes:
+    if size < 0x100:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+_OUTPUT_HEAD = b"\x83" + _encoder.encode("type") + _encoder.encode("output")
+_APPEND_KEY = _encoder.encode("append")
+_BYTES_PART_HEAD = _encoder.encode("part")
+_TYPE_BYTES = _encoder.encode("type") + _encoder.encode("bytes")
+_MEDIA_KEY = _encoder.encode("media_type")
+_DATA_KEY = _encoder.encode("data")
+
+
+def output_chunk_head(data_size: int, append: bool, media_type: str | None) -> bytes:
+    """The body of an ``output`` event for a bytes part, up to (not with) its data.
+
+    ``head + data`` is the whole MessagePack body, with the data last, so a large chunk
+    is written as it is, never copied into an encoded message.
+    """
+    return b"".join(
+        (
+            _OUTPUT_HEAD,
+            _APPEND_KEY,
+            b"\xc3" if append else b"\xc2",
+            _BYTES_PART_HEAD,
+            b"\x83" if media_type is not None else b"\x82",
+            _TYPE_BYTES,
+            (_MEDIA_KEY + _encoder.encode(media_type)) if media_type is not None else b"",
+            _DATA_KEY,
+            _bin_header(data_size),
+        )
+    )
+
+
 def _decode(decoder: Any, known: set[str], body: bytes, side: str) -> Any:
     try:
         return decoder.decode(body)

@@ -37,6 +37,7 @@ from p2pnode.protocols.task.messages2 import (
     PartAssembler,
     Request,
     TaskProgress,
+    output_chunk_head,
     split_part,
 )
 from p2pnode.protocols.task.session2 import (
@@ -48,6 +49,7 @@ from p2pnode.protocols.task.session2 import (
 )
 from p2pnode.wire.framing import MessageTooLargeError
 from p2pnode.wire.identity import PeerId
+from p2pnode.wire.varint import encode_uvarint
 
 log = logging.getLogger("p2pnode.protocols.task.server")
 
@@ -56,6 +58,7 @@ CACHE_TTL = 600.0
 CACHE_MAX_BYTES = 1024 * 1024
 INPUT_AHEAD = 1024 * 1024  # input read ahead of a streaming handler, per task
 _ONE_MESSAGE = MAX_MESSAGE_SIZE - 4096  # output that fits one answer with room for its keys
+_SEPARATE = 64 * 1024  # output data at least this large is written, not copied
 _UNCACHED = frozenset({"cancelled", "busy", "shutting_down", "unauthorized"})
 CLIENT_CANCELLED = "the client cancelled"
 Outcome = Completed | Failed
@@ -563,7 +566,7 @@ class TaskService2:
         collected.note(event)
         if streamed:
             for piece, append in split_part(event.part):
-                writer.add(OutputChunk(piece, append or event.append))
+                writer.add_output(piece, append or event.append)
                 await writer.flush()
 
     async def _finish(self, stream: Stream, frames: list[bytes], *, unread: bool) -> None:
@@ -633,15 +636,31 @@ class _EventWriter:
     def add(self, event: object) -> None:
         self.frames.append(frame(event))  # type: ignore[arg-type]
 
+    def add_output(self, part: Part, append: bool) -> None:
+        """An output event; a large bytes part goes out as it is, after its header."""
+        data = part.data
+        if part.type != "bytes" or data is None or len(data) < _SEPARATE:
+            self.add(OutputChunk(part, append))
+            return
+        head = output_chunk_head(len(data), append, part.media_type)
+        self.frames.append(encode_uvarint(len(head) + len(data)) + head)
+        self.frames.append(data)
+
     async def flush(self) -> None:
         if not self.frames:
             return
-        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-        self.frames.clear()
+        frames = self.frames
+        self.frames = []
         stream = self.stream
         stream.set_deadline(self.timeout)  # costs nothing unless the write has to wait
         try:
-            await stream.write(data)
+            if len(frames) == 1:
+                await stream.write(frames[0])
+            elif all(len(f) < _SEPARATE for f in frames):
+                await stream.write(b"".join(frames))
+            else:
+                for data in frames:  # large data is not copied to join it
+                    await stream.write(data)
         except P2PTimeoutError:
             raise AnswerNotTakenError(
                 f"the peer did not take the answer within {self.timeout}s"
@@ -661,7 +680,7 @@ class _EventWriter:
             return
         for part in parts:
             for piece, append in split_part(part):
-                self.add(OutputChunk(piece, append))
+                self.add_output(piece, append)
                 await self.flush()
         self.add(outcome)
 
