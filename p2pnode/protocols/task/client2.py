@@ -130,6 +130,10 @@ class TaskCall:
         connected = time.perf_counter()
         self.connect_ms = round((connected - started) * 1000, 3)
         self.peer_id = str(conn.remote_peer)
+        async for event in self._after_connect(conn, connected):
+            yield event
+
+    async def _after_connect(self, conn: Any, connected: float) -> AsyncIterator[ServerEvent]:
         known = self.node.peer_store.protocols_of(conn.remote_peer)
         if known and PROTOCOL_ID_V2 not in known and PROTOCOL_ID in known:
             events = self._protocol1()
@@ -147,6 +151,50 @@ class TaskCall:
             if isinstance(event, Completed | Failed):
                 self.round_trip_ms = round((time.perf_counter() - connected) * 1000, 3)
             yield event
+
+    async def run_whole(self, gathered: _Gathered) -> TaskOutput:
+        """The common case without the event iterators: one message in, the answer out."""
+        loop = asyncio.get_running_loop()
+        self._deadline = None if self.timeout is None else loop.time() + self.timeout
+        started = time.perf_counter()
+        conn = await self._timed(self.node.connect(self.peer))
+        connected = time.perf_counter()
+        self.connect_ms = round((connected - started) * 1000, 3)
+        self.peer_id = str(conn.remote_peer)
+        first, rest = self._request()
+        known = self.node.peer_store.protocols_of(conn.remote_peer)
+        if rest is not None or (known and PROTOCOL_ID_V2 not in known):
+            async for event in self._after_connect(conn, connected):
+                gathered.take(event)
+            return gathered.output(self)
+        stream: Stream = await self._timed(conn.new_stream([PROTOCOL_ID_V2], optimistic=True))
+        session = ClientSession(self.task_id)
+        try:
+            with contextlib.suppress(StreamResetError):  # refused: its answer is here
+                await stream.write(frame(first))
+                await stream.close_write()
+            while not session.done:
+                if self._deadline is None:
+                    chunk = await stream.read()
+                else:
+                    chunk = await self._timed(stream.read())
+                if not chunk:
+                    session.receive_eof()
+                for event in session.receive_data(chunk):
+                    if isinstance(event, Failed):
+                        raise task_error(event.code, event.message, self.task_id)
+                    gathered.take(event)
+        except ProtocolNotSupportedError:
+            async for event in self._protocol1():  # it says why when the input cannot go
+                gathered.take(event)
+            return gathered.output(self)
+        except BaseException:
+            if not session.done:
+                await _cancel(stream)
+            raise
+        self.round_trip_ms = round((time.perf_counter() - connected) * 1000, 3)
+        await _await_peer_close(stream)
+        return gathered.output(self)
 
     async def _timed(self, awaitable: Awaitable[T]) -> T:
         """``await awaitable``, by the task's deadline (TaskTimeoutError after it)."""
@@ -234,8 +282,8 @@ class TaskCall:
         text = self._protocol1_text()
         if text is None:
             raise ProtocolNotSupportedError(
-                f"peer {self.peer_id} speaks only {PROTOCOL_ID}, which takes one UTF-8 text "
-                "input: send text, or upgrade the peer"
+                f"peer {self.peer_id} speaks only {PROTOCOL_ID}, which takes one text input "
+                "(UTF-8): send text, or upgrade the peer"
             )
         self.protocol = PROTOCOL_ID
         remaining = None
@@ -319,6 +367,49 @@ def stream_task(
     return TaskCall(node, peer, input, **options).events()
 
 
+class _Gathered:
+    """A task's output as it comes: output events merged, then the completed parts."""
+
+    def __init__(self, task_id: str, max_output: int) -> None:
+        self.task_id = task_id
+        self.max_output = max_output
+        self.assembler = PartAssembler()
+        self.size = 0
+        self.latency_ms = 0
+        self.cached = False
+
+    def take(self, event: ServerEvent) -> None:
+        if isinstance(event, OutputChunk):
+            self._add(event.part, event.append)
+        elif isinstance(event, Completed):
+            for part in event.parts:
+                self._add(part, False)
+            self.latency_ms, self.cached = event.latency_ms, event.cached
+
+    def _add(self, part: Part, append: bool) -> None:
+        self.size += part.size
+        if self.size > self.max_output:
+            raise TaskError(
+                "too_large",
+                f"task {self.task_id}: the output exceeds {self.max_output} bytes "
+                "(stream it with stream_task, or raise max_output)",
+                self.task_id,
+            )
+        self.assembler.add(part, append)
+
+    def output(self, call: TaskCall) -> TaskOutput:
+        return TaskOutput(
+            call.task_id,
+            self.assembler.parts(),
+            self.latency_ms,
+            call.connect_ms,
+            call.round_trip_ms,
+            self.cached,
+            call.peer_id,
+            call.protocol,
+        )
+
+
 async def run_task(
     node: Host,
     peer: PeerLike,
@@ -330,34 +421,9 @@ async def run_task(
     """Run a task and return its whole output (at most ``max_output`` bytes)."""
     options.setdefault("stream", False)
     call = TaskCall(node, peer, input, **options)
-    assembler = PartAssembler()
-    size = 0
-    latency = 0
-    cached = False
+    gathered = _Gathered(call.task_id, max_output)
+    if call.input_chunks is None and not call.stream:
+        return await call.run_whole(gathered)
     async for event in call.events():
-        parts: list[tuple[Part, bool]] = []
-        if isinstance(event, OutputChunk):
-            parts = [(event.part, event.append)]
-        elif isinstance(event, Completed):
-            parts = [(p, False) for p in event.parts]
-            latency, cached = event.latency_ms, event.cached
-        for part, append in parts:
-            size += part.size
-            if size > max_output:
-                raise TaskError(
-                    "too_large",
-                    f"task {call.task_id}: the output exceeds {max_output} bytes "
-                    "(stream it with stream_task, or raise max_output)",
-                    call.task_id,
-                )
-            assembler.add(part, append)
-    return TaskOutput(
-        call.task_id,
-        assembler.parts(),
-        latency,
-        call.connect_ms,
-        call.round_trip_ms,
-        cached,
-        call.peer_id,
-        call.protocol,
-    )
+        gathered.take(event)
+    return gathered.output(call)

@@ -134,6 +134,10 @@ def run_handler(handler: TaskHandler, task: Task) -> AsyncIterator[HandlerEvent]
 
 
 async def _echo(task: Task) -> AsyncIterator[HandlerEvent]:
+    if task._source is None:  # the whole input is here
+        for part in task.parts:
+            yield OutputChunk(part)
+        return
     async for piece in task.pieces():
         yield OutputChunk(piece.part, piece.append)
 

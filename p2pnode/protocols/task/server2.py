@@ -123,14 +123,14 @@ class ResultCache:
         """Keep ``outcome`` (``size``: bytes of its parts) unless it must not be; whether kept."""
         if size > self.max_bytes or (isinstance(outcome, Failed) and outcome.code in _UNCACHED):
             return False
-        self._entries[key] = (self._clock(), outcome)
-        self._entries.move_to_end(key)
+        entries = self._entries
         now = self._clock()
-        while self._entries:
-            oldest_key, (when, _) = next(iter(self._entries.items()))
-            if len(self._entries) <= self.max_entries and now - when <= self.ttl:
-                break
-            del self._entries[oldest_key]
+        entries[key] = (now, outcome)
+        entries.move_to_end(key)
+        if len(entries) > self.max_entries:
+            entries.popitem(last=False)
+        while entries and now - next(iter(entries.values()))[0] > self.ttl:
+            entries.popitem(last=False)  # the oldest, expired
         return True
 
 
@@ -167,6 +167,7 @@ class InputFeed:
         self.on_cancel = on_cancel
         self.read_timeout = read_timeout
         self._pieces: deque[InputPiece] = deque()
+        self._uncounted = 0  # pieces at the front not held in the peer's memory
         self._held = 0
         self._ended = False
         self.error: _Refused | P2PError | None = None
@@ -174,9 +175,15 @@ class InputFeed:
         self._room = asyncio.Event()
         self._room.set()
 
-    def push(self, events: Sequence[object]) -> None:
+    def push(self, events: Sequence[object], *, counted: bool = True) -> None:
+        """Queue what the client sent; ``counted``: hold its pieces in the peer's memory
+        (not those of the request itself, which the message limit bounds)."""
         for event in events:
             if isinstance(event, InputPiece):
+                if not counted:  # (only before any counted piece: they stay first)
+                    self._pieces.append(event)
+                    self._uncounted += 1
+                    continue
                 size = event.part.size
                 if not self.memory.reserve(self.stream.remote_peer, size):
                     used = self.memory.used_by(self.stream.remote_peer)
@@ -195,6 +202,13 @@ class InputFeed:
             self._room.clear()
         self._ready.set()
 
+    def take_all(self, count: int) -> bool:
+        """Hand over the whole input at once when it is ``count`` new parts, all here."""
+        if not self._ended or len(self._pieces) != count or any(p.append for p in self._pieces):
+            return False
+        self.close()
+        return True
+
     async def next_piece(self) -> InputPiece | None:
         while not self._pieces:
             if self.error is not None:
@@ -204,6 +218,9 @@ class InputFeed:
             self._ready.clear()
             await self._ready.wait()
         piece = self._pieces.popleft()
+        if self._uncounted:
+            self._uncounted -= 1
+            return piece
         size = piece.part.size
         self._held -= size
         self.memory.release(self.stream.remote_peer, size)
@@ -249,6 +266,7 @@ class InputFeed:
             self.memory.release(self.stream.remote_peer, self._held)
             self._held = 0
         self._pieces.clear()
+        self._uncounted = 0
 
 
 class TaskService2:
@@ -444,7 +462,7 @@ class TaskService2:
 
         stream.on_fail(stop_the_work)
         try:
-            feed.push(pending)
+            feed.push(pending, counted=False)
             if not stream.at_eof and not session.input_done:
                 reader = asyncio.ensure_future(feed.run())
             elif not stream.at_eof:
@@ -458,14 +476,11 @@ class TaskService2:
                 deferred = asyncio.get_running_loop().call_soon(watch)
             elif not session.input_done:
                 session.receive_eof()
-            async with asyncio.timeout(timeout):
-                task = await self._task(stream, request, handler, feed, timeout)
-                events = run_handler(handler, task)
-                try:
-                    async for event in events:
-                        await self._emit(event, writer, collected, request.stream)
-                finally:
-                    await events.aclose()  # type: ignore[attr-defined]
+            if timeout is None:
+                await self._drive(stream, request, handler, feed, writer, collected, None)
+            else:
+                async with asyncio.timeout(timeout):
+                    await self._drive(stream, request, handler, feed, writer, collected, timeout)
             if feed.error is not None:
                 raise feed.error
             outcome: Outcome = Completed(request.id, [], _elapsed_ms(started))
@@ -524,6 +539,25 @@ class TaskService2:
             return Completed(outcome.id, collected.parts(), outcome.latency_ms), collected.size
         return outcome, (-1 if isinstance(outcome, Completed) else 0)
 
+    async def _drive(
+        self,
+        stream: Stream,
+        request: Request,
+        handler: TaskHandler,
+        feed: InputFeed,
+        writer: _EventWriter,
+        collected: _Collected,
+        timeout: float | None,
+    ) -> None:
+        """Run the handler, writing (or gathering) its events."""
+        task = await self._task(stream, request, handler, feed, timeout)
+        events = run_handler(handler, task)
+        try:
+            async for event in events:
+                await self._emit(event, writer, collected, request.stream)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
     async def _task(
         self,
         stream: Stream,
@@ -539,6 +573,8 @@ class TaskService2:
             "deadline": deadline,
             "stream": request.stream,
         }
+        if session_done_with_whole_input(request, feed):
+            return Task(request.id, request.kind, parts=request.input, **common)  # type: ignore[arg-type]
         if streams_input(handler):
             return Task(request.id, request.kind, source=feed, **common)  # type: ignore[arg-type]
         pieces: list[InputPiece] = []
@@ -580,6 +616,11 @@ class TaskService2:
 
 
 _FAILED = "the stream failed"
+
+
+def session_done_with_whole_input(request: Request, feed: InputFeed) -> bool:
+    """The request carried all the input (nothing appended): it is the task's parts."""
+    return not request.more and feed.take_all(len(request.input))
 
 
 class _Collected:
