@@ -171,9 +171,8 @@ class InputFeed:
         self._held = 0
         self._ended = False
         self.error: _Refused | P2PError | None = None
-        self._ready = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._reader_waits: asyncio.Future[None] | None = None  # for the handler to take some
+        self._handler_waits: asyncio.Future[None] | None = None  # for more input
 
     def push(self, events: Sequence[object], *, counted: bool = True) -> None:
         """Queue what the client sent; ``counted``: hold its pieces in the peer's memory
@@ -198,9 +197,7 @@ class InputFeed:
                 self._ended = True
             elif isinstance(event, Cancel):
                 self.on_cancel()
-        if self._held >= INPUT_AHEAD:
-            self._room.clear()
-        self._ready.set()
+        self._wake_handler()
 
     def take_all(self, count: int) -> bool:
         """Hand over the whole input at once when it is ``count`` new parts, all here."""
@@ -215,8 +212,8 @@ class InputFeed:
                 raise self.error
             if self._ended:
                 return None
-            self._ready.clear()
-            await self._ready.wait()
+            self._handler_waits = asyncio.get_running_loop().create_future()
+            await self._handler_waits
         piece = self._pieces.popleft()
         if self._uncounted:
             self._uncounted -= 1
@@ -224,15 +221,18 @@ class InputFeed:
         size = piece.part.size
         self._held -= size
         self.memory.release(self.stream.remote_peer, size)
-        if self._held < INPUT_AHEAD:
-            self._room.set()
+        waiter = self._reader_waits
+        if waiter is not None and self._held < INPUT_AHEAD and not waiter.done():
+            waiter.set_result(None)
         return piece
 
     async def run(self) -> None:
         """Read until the client closes its side (input, then perhaps a cancel)."""
         try:
             while True:
-                await self._room.wait()
+                if self._held >= INPUT_AHEAD:
+                    self._reader_waits = asyncio.get_running_loop().create_future()
+                    await self._reader_waits
                 if self.session.input_done:
                     try:
                         chunk = await self.stream.read()
@@ -258,7 +258,12 @@ class InputFeed:
         except P2PError as exc:
             self.error = exc
         finally:
-            self._ready.set()
+            self._wake_handler()
+
+    def _wake_handler(self) -> None:
+        waiter = self._handler_waits
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self) -> None:
         """Give back what is still held."""
