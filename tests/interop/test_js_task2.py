@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from p2pnode.node import Node
-from p2pnode.protocols.capable import Candidate, fan_out
-from p2pnode.protocols.card import AgentCard, KindInfo, Load
+from p2pnode.protocols.capable import capable_peers, fan_out
+from p2pnode.protocols.card import CardService, task_server_card
 from p2pnode.protocols.task.client2 import run_task, stream_task
 from p2pnode.protocols.task.handlers import EchoHandler, ExecHandler, PythonHandler
 from p2pnode.protocols.task.handlers2 import Task
@@ -99,14 +99,17 @@ async def test_leaving_the_stream_cancels_the_js_task(js_server: JsListener, cli
     assert cancelled["task_id"]
 
 
-async def test_fan_out_to_three_js_peers(client: Node) -> None:
-    peers = [await start_js_listener(script=SCRIPT) for _ in range(3)]
+async def test_js_card_verifies_here(js_server: JsListener, client: Node) -> None:
+    card = await client.fetch_card(js_server.addr)
+    assert (card.peer_id, card.version) == (js_server.peer_id, "js-task2/1.0")
+    assert card.kind("count") is not None and card.kind("count").streaming  # type: ignore[union-attr]
+
+
+async def test_fan_out_to_three_js_peers_found_by_their_cards(client: Node) -> None:
+    peers = [await start_js_listener("--name", f"js{i}", script=SCRIPT) for i in range(3)]
     try:
-        candidates = []
-        for js in peers:  # the js peer has no card: its kinds as its card would say them
-            conn = await client.connect(js.addr)
-            card = AgentCard(js.peer_id, kinds=[KindInfo("upper")], load=Load(0, 8))
-            candidates.append(Candidate(conn.remote_peer, card, 1.0))
+        candidates = await capable_peers(client, [js.addr for js in peers], "upper")
+        assert sorted(c.card.name for c in candidates) == ["js0", "js1", "js2"]
         results = await fan_out(client, candidates, "abc", kind="upper", count=3)
         assert sorted(r.peer_id for r in results) == sorted(js.peer_id for js in peers)
         assert {r.output.text for r in results if r.output} == {"ABC"}
@@ -218,6 +221,27 @@ async def test_js_client_cancels_mid_stream(p2pnode_server: Any, server: Node) -
         while not logs:
             await asyncio.sleep(0.01)
     assert logs[0].outcome == "cancelled" and task_server.running == 0
+
+
+async def test_js_verifies_our_card(p2pnode_server: Any, server: Node) -> None:
+    task_server, _ = p2pnode_server
+    build = task_server_card(task_server, server.peer_id, "ours", "for js", "p2pnode/test")
+    CardService(server, server.identity, build).install()
+    card = await js_card(addr_of(server))
+    assert card["verified"] and card["card"]["name"] == "ours"
+    kinds = {k["kind"]: k for k in card["card"]["kinds"]}
+    assert kinds["tokens"]["streaming"] is True and card["card"]["peer_id"] == str(server.peer_id)
+
+
+async def js_card(addr: str) -> dict:
+    node = require_js_peer()
+    proc = await asyncio.create_subprocess_exec(
+        node, str(SCRIPT), "dial", addr, "card",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return dict(json.loads(out.splitlines()[-1]))
 
 
 async def test_unknown_kind_from_js(p2pnode_server: Any, server: Node) -> None:

@@ -13,6 +13,11 @@
 //       count          metadata.n (default 5) tokens `tok{i} ` with progress, metadata.delay_ms apart
 //       hang           "started" (if streamed), then waits until cancelled
 //
+//   Also serves its agent card (/p2pnode/card/1.0.0, a signed envelope; --name NAME).
+//
+//   node task2.mjs dial <multiaddr-with-/p2p/ID> card
+//     Fetches and verifies the peer's agent card: {"event":"card","verified":true,"card":{...}}.
+//
 //   node task2.mjs dial <multiaddr-with-/p2p/ID> task [--kind K] [--id ID] [--stream]
 //        [--metadata JSON] [--timeout-ms N] [--text T] [--hex H] [--file PATH] [--generate N]
 //        [--media M] [--cancel-after-first-output] [--close-after-request | --keep-open]
@@ -44,6 +49,9 @@ const { encode, decode } = await import('@msgpack/msgpack')
 const { createHash, randomBytes } = await import('node:crypto')
 const { open } = await import('node:fs/promises')
 const { setTimeout: delay } = await import('node:timers/promises')
+const { RecordEnvelope } = await import('@libp2p/peer-record')
+const { generateKeyPair } = await import('@libp2p/crypto/keys')
+const { peerIdFromPublicKey } = await import('@libp2p/peer-id')
 
 const TASK2 = '/p2pnode/task/2.0.0'
 const KiB = 1024
@@ -961,8 +969,9 @@ const mplexMuxer = () => mplex({ disconnectThreshold: 1000 })
 
 function canPause (connection) { return String(connection.multiplexer ?? '').includes('yamux') }
 
-async function createNode (listenAddrs) {
+async function createNode (listenAddrs, privateKey) {
   return await createLibp2p({
+    privateKey,
     addresses: { listen: listenAddrs },
     transports: [tcp()],
     connectionEncrypters: [noise()],
@@ -973,13 +982,72 @@ async function createNode (listenAddrs) {
   })
 }
 
+// -- agent cards (the spec's "Agent cards" section): a signed envelope (RFC 0002) --------
+
+const CARD = '/p2pnode/card/1.0.0'
+const CARD_DOMAIN = 'p2pnode-agent-card'
+const CARD_TYPE = new TextEncoder().encode(CARD)
+const CARD_KINDS = [
+  { kind: 'echo', description: 'the input parts as they are', streaming: true },
+  { kind: 'default', description: 'the input parts as they are', streaming: true },
+  { kind: 'upper', description: 'text parts joined, upper-cased', output_types: ['text/plain'] },
+  { kind: 'sha256', description: 'SHA-256 of the input', output_types: ['text/plain', 'application/json'] },
+  { kind: 'generate', description: 'metadata.size pattern bytes', output_types: ['application/octet-stream'], streaming: true },
+  { kind: 'count', description: 'metadata.n tokens', output_types: ['text/plain'], streaming: true },
+  { kind: 'hang', description: 'waits until cancelled', streaming: true }
+]
+
+function cardOf (node, options) {
+  return {
+    peer_id: node.peerId.toString(),
+    name: String(options.name ?? 'js-task2'),
+    description: 'the js task protocol 2 test peer',
+    version: 'js-task2/1.0',
+    issued_ms: Date.now(),
+    protocols: [TASK2],
+    kinds: CARD_KINDS.map((k) => ({ input_types: ['*/*'], output_types: ['*/*'], streaming: false, max_concurrent: 256, ...k })),
+    load: { running: runningTasks, max: 256, queued: 0 }
+  }
+}
+
+async function serveCard (stream, node, privateKey, options) {
+  const payload = encode(cardOf(node, options))
+  const record = { domain: CARD_DOMAIN, codec: CARD_TYPE, marshal: () => payload, equals: () => false }
+  const envelope = await RecordEnvelope.seal(record, privateKey)
+  const bytes = envelope.marshal()
+  const prefix = encodeVarint(bytes.length)
+  await send(stream, Uint8Array.from([...prefix, ...bytes]))
+  await stream.close()
+}
+
+async function fetchCard (connection) {
+  const stream = await connection.newStream(CARD)
+  const reader = new Reader(stream, { canPause: false }) // before the close: no data is missed
+  await stream.close() // our write side: we send nothing
+  const length = await reader.varint()
+  if (length === null || length > 64 * KiB) throw new ProtocolError('bad_request', 'no card, or one too large')
+  const envelope = await RecordEnvelope.openAndCertify(await reader.exactly(length), CARD_DOMAIN)
+  if (Buffer.compare(Buffer.from(envelope.payloadType), Buffer.from(CARD_TYPE)) !== 0) throw new Error('not a card envelope')
+  const card = decode(envelope.payload)
+  const signer = peerIdFromPublicKey(envelope.publicKey).toString()
+  if (card.peer_id !== signer || signer !== connection.remotePeer.toString()) throw new Error(`card of ${card.peer_id} signed by ${signer}`)
+  return card
+}
+
+let runningTasks = 0
+
 async function listen (options) {
-  const node = await createNode([`/ip4/127.0.0.1/tcp/${options.port ?? 0}`])
+  const privateKey = await generateKeyPair('Ed25519')
+  const node = await createNode([`/ip4/127.0.0.1/tcp/${options.port ?? 0}`], privateKey)
+  await node.handle(CARD, (stream) => {
+    serveCard(stream, node, privateKey, options).catch((err) => { log('card stream failed:', err.stack); stream.abort(err) })
+  })
   const handler = (stream, connection) => {
+    runningTasks++
     serveTask(stream, connection).catch((err) => {
       log('task stream failed:', err.stack)
       stream.abort(err)
-    })
+    }).finally(() => { runningTasks-- })
   }
   await node.handle(TASK2, handler, { maxInboundStreams: 256, maxOutboundStreams: 256 })
   out({ event: 'listening', peer_id: node.peerId.toString(), addrs: node.getMultiaddrs().map(a => a.toString()) })
@@ -991,7 +1059,14 @@ async function listen (options) {
 }
 
 async function dial (addr, action, options) {
-  if (action !== 'task') throw new Error(`unknown action ${action}; only task`)
+  if (action === 'card') {
+    const node = await createNode([])
+    try {
+      out({ event: 'card', verified: true, card: await fetchCard(await node.dial(multiaddr(addr))) })
+    } finally { await node.stop() }
+    return
+  }
+  if (action !== 'task') throw new Error(`unknown action ${action}; use task or card`)
   if (options['keep-open'] === true && options['close-after-request'] === true) throw new Error('--keep-open and --close-after-request exclude each other')
   const node = await createNode([])
   try {
