@@ -259,6 +259,11 @@ def markdown(data: dict[str, Any]) -> str:
             "listens); a fresh `send-task <peer-id>` process resolves its peer in "
             f"{_fmt(discovery['fresh_process_resolve_ms']['p50'])} ms (p50)",
         ]
+    if "task2" in data:
+        from bench.task2 import report as task2_report
+
+        lines += ["", "## Task protocol 2 against protocol 1 (bench/task2.py)", "",
+                  task2_report(data["task2"]["summary"])]  # fmt: skip
     lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
     for target, measured, passed in targets(data):
         mark = "n/a" if passed is None else ("PASS" if passed else "FAIL")

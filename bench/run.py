@@ -9,6 +9,7 @@ ratio is taken within a round and reported as the median with its spread. Result
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import os
@@ -316,6 +317,10 @@ def main() -> None:
         contender.results = merge_rounds(rounds[contender.name])
     progress("p2pnode start-up, memory and discovery ...")
     extra = system.p2pnode_system_figures(quick=args.quick)
+    progress("task protocol 2 against protocol 1 ...")
+    from . import task2
+
+    versions = asyncio.run(task2.measure(args.rounds, args.quick))
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
@@ -336,6 +341,7 @@ def main() -> None:
             for c in everyone
         },
         "p2pnode_system": extra,
+        "task2": versions,
         "seconds": time.monotonic() - started,
     }
     name = f"{stamp}-quick" if args.quick else stamp

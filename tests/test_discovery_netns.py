@@ -52,7 +52,9 @@ def test_serve_advertises_real_addresses_and_peers_finds_it(
         assert any(addr.startswith(f"/ip4/{a.ip}/tcp/") for addr in peer["addrs"])
         assert not any("0.0.0.0" in addr for addr in peer["addrs"])
         assert "/p2pnode/task/1.0.0" in peer["protocols"]
+        assert "/p2pnode/task/2.0.0" in peer["protocols"]
         assert peer["agent_version"].startswith("p2pnode/")
+        assert set(peer["kinds"]) >= {"default", "echo"}  # from its agent card
     finally:
         assert server.stop() == 0
 

@@ -323,3 +323,32 @@ def test_client_session_rejects_out_of_order_events() -> None:
 def test_a_frame_is_the_length_then_the_body() -> None:
     assert decode_server_event(frame(Accepted("a"))[1:]) == Accepted("a")
     assert InputChunk(end=True) == InputChunk(None, False, True)
+
+
+async def test_every_handler_shape_gives_the_same_output(
+    make_server: MakeServer, client: Node
+) -> None:
+    def plain(task: Task) -> str:
+        return "ab"
+
+    async def coroutine(task: Task) -> str:
+        return "ab"
+
+    def returns_generator(task: Task) -> Any:
+        return iter(["a", "b"])
+
+    def generator(task: Task) -> Any:
+        yield "a"
+        yield "b"
+
+    async def async_generator(task: Task) -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+
+    shapes = {f.__name__: PythonHandler(f) for f in
+              (plain, coroutine, returns_generator, generator, async_generator)}  # fmt: skip
+    server = await make_server(shapes)
+    for kind in shapes:
+        for streamed in (False, True):
+            out = await run_task(client, addr_of(server.node), "", kind=kind, stream=streamed)
+            assert [p.text for p in out.parts] == ["ab"], (kind, streamed)

@@ -44,6 +44,7 @@ PING = "/ipfs/ping/1.0.0"
 IDENTIFY = "/ipfs/id/1.0.0"
 IDENTIFY_PUSH = "/ipfs/id/push/1.0.0"
 TASK = "/p2pnode/task/1.0.0"
+TASK2 = "/p2pnode/task/2.0.0"
 PY_AGENT = "py-libp2p/0.8.1"
 MUXER_IDS = {"yamux": "/yamux/1.0.0", "mplex": "/mplex/6.7.0"}
 MUXERS = ["yamux", "mplex"]
@@ -238,7 +239,9 @@ async def test_py_pings_and_identifies_p2pnode_it_dialed(py: PyPeer, node: Node)
     assert len(pinged["rtts_ms"]) == 5 and all(0 < rtt < 1000 for rtt in pinged["rtts_ms"])
     seen = await py.command("identify", peer=str(node.peer_id))
     assert seen["public_key_matches"] and seen["agent_version"] == AGENT_VERSION
-    assert seen["protocols"] == node.protocols == sorted([PING, IDENTIFY, IDENTIFY_PUSH, TASK])
+    assert (
+        seen["protocols"] == node.protocols == sorted([PING, IDENTIFY, IDENTIFY_PUSH, TASK, TASK2])
+    )
     assert seen["listen_addrs"] == [str(a) for a in node.listen_addrs]
     [conn] = node.connections(PY_PEER_ID)
     assert seen["observed_addr"] == str(conn.remote_addr)

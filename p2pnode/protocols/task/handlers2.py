@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import inspect
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 from p2pnode.protocols.task.handlers import (
@@ -133,6 +133,42 @@ def run_handler(handler: TaskHandler, task: Task) -> AsyncIterator[HandlerEvent]
     return _protocol1(handler, task)
 
 
+def produces_whole(handler: TaskHandler) -> bool:
+    """Whether the handler makes its output in one go (no events while it runs)."""
+    if isinstance(handler, EchoHandler):
+        return True
+    if isinstance(handler, PythonHandler):
+        func = handler.func
+        return not (inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func))
+    return not isinstance(handler, ExecHandler) and getattr(handler, "run_v2", None) is None
+
+
+async def run_whole(handler: TaskHandler, task: Task) -> list[Part]:
+    """The output of a handler for which ``produces_whole`` holds, without event iterators."""
+    if isinstance(handler, EchoHandler):
+        return list(task.parts) if task._source is None else [
+            e.part async for e in _echo(task) if isinstance(e, OutputChunk)
+        ]  # fmt: skip
+    if isinstance(handler, PythonHandler):
+        args: tuple[Any, ...] = (task, task.context()) if handler.takes_context else (task,)
+        if handler.is_async:
+            value = await handler.func(*args)
+        else:
+            value = await _in_thread(handler, handler.func, *args)
+        if isinstance(value, Iterator):  # a function that returned an iterator: drain it
+            value = await _in_thread(handler, list, value)
+            outputs = _Outputs()
+            assembler = PartAssembler()
+            for item in value:
+                for event in outputs.events_of(item):
+                    if isinstance(event, OutputChunk):
+                        assembler.add(event.part, event.append)
+            return assembler.parts()
+        return _parts_of(value)
+    request = TaskRequest(task.task_id, task.input, task.kind)
+    return [Part.of_text(await handler.run(request, task.context()))]
+
+
 async def _echo(task: Task) -> AsyncIterator[HandlerEvent]:
     if task._source is None:  # the whole input is here
         for part in task.parts:
@@ -214,7 +250,7 @@ async def _python(handler: PythonHandler, task: Task) -> AsyncIterator[HandlerEv
         value = await func(*args)
     else:
         value = await _in_thread(handler, func, *args)
-    if inspect.isgenerator(value):
+    if isinstance(value, Iterator):
         results = _Outputs()
         done = object()
         while (item := await _in_thread(handler, next, value, done)) is not done:

@@ -22,7 +22,14 @@ from p2pnode.errors import DecodeError, P2PError, P2PTimeoutError
 from p2pnode.net.limits import PeerBudgets
 from p2pnode.net.stream import Stream
 from p2pnode.protocols.task.handlers import HandlerFailedError, TaskHandler
-from p2pnode.protocols.task.handlers2 import Task, assemble, run_handler, streams_input
+from p2pnode.protocols.task.handlers2 import (
+    Task,
+    assemble,
+    produces_whole,
+    run_handler,
+    run_whole,
+    streams_input,
+)
 from p2pnode.protocols.task.messages import ErrorCode
 from p2pnode.protocols.task.messages2 import (
     MAX_BUFFERED_INPUT,
@@ -556,6 +563,10 @@ class TaskService2:
     ) -> None:
         """Run the handler, writing (or gathering) its events."""
         task = await self._task(stream, request, handler, feed, timeout)
+        if not request.stream and produces_whole(handler):
+            for part in await run_whole(handler, task):
+                collected.note(OutputChunk(part))
+            return
         events = run_handler(handler, task)
         try:
             async for event in events:
