@@ -1,4 +1,4 @@
-"""``/p2pnode/task/1.0.0``: messages (sans-I/O), the server, the client, the handlers.
+"""``/p2pnode/task/1.0.0`` and ``/2.0.0``: messages (sans-I/O), servers, clients, handlers.
 
 Names are imported on first use: a client (``send-task``) does not load the server and
 the handlers (subprocess, importlib) it never runs.
