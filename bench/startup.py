@@ -55,7 +55,7 @@ asyncio.run(main())
 
 def wall_ms(argv: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=60)
+    done = subprocess.run(argv, env=env, cwd=env["HOME_DIR"], capture_output=True, timeout=60)
     elapsed = (time.perf_counter() - started) * 1000
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[2:])} failed: {done.stderr.decode()[-300:]}")
@@ -74,13 +74,18 @@ def main() -> None:
     args = parser.parse_args()
     p2pnode = [args.python, "-m", "p2pnode"]
     with tempfile.TemporaryDirectory() as home:
-        env = dict(os.environ, XDG_CONFIG_HOME=f"{home}/config", XDG_CACHE_HOME=f"{home}/cache")
+        # From a directory of its own, so that `-m p2pnode` is the installed package (not
+        # the source tree of the cwd), with bytecode as an installed package has it: this
+        # machine's PYTHONDONTWRITEBYTECODE=1 would make every run compile from source.
+        env = dict(os.environ, XDG_CONFIG_HOME=f"{home}/config", XDG_CACHE_HOME=f"{home}/cache",
+                   HOME_DIR=home)  # fmt: skip
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         log = Path(home) / "serve.log"
         with log.open("wb") as stdout:
             serve = subprocess.Popen(
                 [*p2pnode, "serve", "--ephemeral", "--json", "--no-mdns", "--dht", "off",
                  "--listen", "/ip4/127.0.0.1/tcp/0"],
-                stdout=stdout, env=env, cwd=ROOT,
+                stdout=stdout, env=env, cwd=home,
             )  # fmt: skip
         try:
             deadline = time.monotonic() + 30
@@ -103,7 +108,7 @@ def main() -> None:
                 figures["send_task"].append(wall_ms(send, env))
                 dial = subprocess.run(
                     [args.python, "-c", FIRST_DIAL, addr],
-                    env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                    env=env, cwd=home, capture_output=True, text=True, timeout=60,
                 )  # fmt: skip
                 cpu = json.loads(dial.stdout)
                 figures["first"].append(cpu["first_ms"])
