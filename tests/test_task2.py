@@ -352,3 +352,30 @@ async def test_every_handler_shape_gives_the_same_output(
         for streamed in (False, True):
             out = await run_task(client, addr_of(server.node), "", kind=kind, stream=streamed)
             assert [p.text for p in out.parts] == ["ab"], (kind, streamed)
+
+
+async def test_cancel_reaches_a_non_streamed_coroutine(
+    make_server: MakeServer, client: Node
+) -> None:
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def wait_forever(task: Task) -> str:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return ""
+
+    server = await make_server({"wait": PythonHandler(wait_forever)})
+    stream = await client.new_stream(addr_of(server.node), [PROTOCOL_ID_V2])
+    await stream.write(frame(Request("w", "wait", [Part.of_text("")])))
+    await entered.wait()
+    await stream.write(frame(Cancel()))
+    session = ClientSession("w")
+    while not session.done and (chunk := await stream.read()):
+        session.receive_data(chunk)
+    assert isinstance(session.terminal, Failed) and session.terminal.code == "cancelled"
+    assert cancelled.is_set() and server.running == 0

@@ -346,7 +346,16 @@ class TaskService2:
         outcome: Outcome = Failed(request.id, "failed", "the task did not finish")
         cacheable = -1
         try:
-            outcome, cacheable = await self._run(stream, session, request, pending)
+            handler = self.server.handlers[request.kind]
+            if (
+                session.input_done
+                and not request.stream
+                and not session.cancelled
+                and produces_whole(handler)
+            ):
+                outcome, cacheable = await self._run_whole(stream, request, handler)
+            else:
+                outcome, cacheable = await self._run(stream, session, request, pending)
         finally:
             kept = cacheable >= 0 and self.cache.put(key, outcome, cacheable)
             for waiter in waiters:
@@ -496,37 +505,8 @@ class TaskService2:
             if feed.error is not None:
                 raise feed.error
             outcome: Outcome = Completed(request.id, [], _elapsed_ms(started))
-        except _Refused as refused:
-            outcome = Failed(request.id, refused.code, refused.message, _elapsed_ms(started))
-        except DecodeError as exc:
-            outcome = Failed(request.id, "bad_request", str(exc), _elapsed_ms(started))
-        except TimeoutError:
-            outcome = Failed(request.id, "timeout", f"handler ran over {timeout}s")
-        except asyncio.CancelledError:
-            reason = server._cancelled.pop(this, None)
-            if reason is None or this.uncancel() > 0:
-                raise
-            if reason == _FAILED and stream.failed is not None:
-                raise stream.failed from None
-            code = "cancelled" if reason == CLIENT_CANCELLED else "shutting_down"
-            outcome = Failed(request.id, code, f"cancelled: {reason}", _elapsed_ms(started))
-        except HandlerFailedError as exc:
-            outcome = Failed(request.id, "failed", str(exc), _elapsed_ms(started))
-        except AnswerNotTakenError:
-            raise  # nobody reads: the stream is reset, the handler stopped (finally below)
-        except Exception as exc:
-            message = f"handler raised {type(exc).__name__}: {exc}"
-            log.error(
-                "task %s kind=%s from %s: %s",
-                request.id,
-                request.kind,
-                stream.remote_peer,
-                message,
-                exc_info=exc,
-            )
-            if not server.expose_errors:
-                message = "the handler failed; see the server's log"
-            outcome = Failed(request.id, "failed", message, _elapsed_ms(started))
+        except (Exception, asyncio.CancelledError) as exc:
+            outcome = self._failure(exc, request, stream, this, timeout, started)
         finally:
             server._running.discard(this)
             if server._cancelled.pop(this, None) is not None:
@@ -550,6 +530,131 @@ class TaskService2:
         if isinstance(outcome, Completed) and collected.cacheable:
             return Completed(outcome.id, collected.parts(), outcome.latency_ms), collected.size
         return outcome, (-1 if isinstance(outcome, Completed) else 0)
+
+    def _failure(
+        self,
+        exc: BaseException,
+        request: Request,
+        stream: Stream,
+        this: asyncio.Task[None],
+        timeout: float | None,
+        started: float,
+    ) -> Failed:
+        """The outcome a handler's exception stands for; re-raises what is not the task's."""
+        server = self.server
+        elapsed = _elapsed_ms(started)
+        if isinstance(exc, _Refused):
+            return Failed(request.id, exc.code, exc.message, elapsed)
+        if isinstance(exc, DecodeError):
+            return Failed(request.id, "bad_request", str(exc), elapsed)
+        if isinstance(exc, TimeoutError):
+            return Failed(request.id, "timeout", f"handler ran over {timeout}s", elapsed)
+        if isinstance(exc, asyncio.CancelledError):
+            reason = server._cancelled.pop(this, None)
+            if reason is None or this.uncancel() > 0:
+                raise exc
+            if reason == _FAILED and stream.failed is not None:
+                raise stream.failed from None
+            code = "cancelled" if reason == CLIENT_CANCELLED else "shutting_down"
+            return Failed(request.id, code, f"cancelled: {reason}", elapsed)
+        if isinstance(exc, HandlerFailedError):
+            return Failed(request.id, "failed", str(exc), elapsed)
+        if isinstance(exc, AnswerNotTakenError):
+            raise exc  # nobody reads: the stream is reset, the handler stopped
+        message = f"handler raised {type(exc).__name__}: {exc}"
+        log.error("task %s kind=%s from %s: %s", request.id, request.kind, stream.remote_peer,
+                  message, exc_info=exc)  # fmt: skip
+        if not server.expose_errors:
+            message = "the handler failed; see the server's log"
+        return Failed(request.id, "failed", message, elapsed)
+
+    async def _run_whole(
+        self, stream: Stream, request: Request, handler: TaskHandler
+    ) -> tuple[Outcome, int]:
+        """A task whose input came whole in its request, answered whole: the lean path."""
+        server = self.server
+        this = asyncio.current_task()
+        assert this is not None
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else None
+        if server.max_timeout is not None:
+            timeout = min(timeout or server.max_timeout, server.max_timeout)
+        started = time.perf_counter()
+        server._running.add(this)
+
+        def stop_the_work(_: Exception) -> None:  # nobody is left to answer
+            if this in server._running:
+                server._cancel(this, _FAILED)
+
+        stream.on_fail(stop_the_work)
+        deferred = None if stream.at_eof else self._watch_for_cancel(stream, request, this)
+        size = 0
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            task = Task(request.id, request.kind, str(stream.remote_peer), parts=request.input,
+                        metadata=request.metadata, deadline=deadline)  # fmt: skip
+            if timeout is None:
+                parts = await run_whole(handler, task)
+            else:
+                async with asyncio.timeout(timeout):
+                    parts = await run_whole(handler, task)
+            media = self.output_types.get(request.kind)
+            for part in parts:
+                size += part.size
+                if media is not None and part.media_type is None:
+                    part.media_type = media
+            if size > server.max_response_size:
+                raise _Refused(ErrorCode.FAILED, f"output of {size} bytes exceeds "
+                               f"{server.max_response_size}: ask for a stream")  # fmt: skip
+            outcome: Outcome = Completed(request.id, parts, _elapsed_ms(started))
+        except (Exception, asyncio.CancelledError) as exc:
+            outcome = self._failure(exc, request, stream, this, timeout, started)
+        finally:
+            server._running.discard(this)
+            if server._cancelled.pop(this, None) is not None:
+                this.uncancel()
+            if deferred is not None:
+                deferred.cancel()
+        server._answering += 1
+        try:
+            writer = _EventWriter(stream, server.response_write_timeout, False)
+            writer.add(Accepted(request.id))
+            if isinstance(outcome, Completed) and size > _ONE_MESSAGE:
+                parts, outcome.parts = outcome.parts, []
+                for part in parts:
+                    for piece, append in split_part(part):
+                        writer.add_output(piece, append)
+                        await writer.flush()
+                writer.add(outcome)
+                outcome.parts = parts
+            else:
+                writer.add(outcome)
+            await writer.flush()
+            await stream.close()
+        finally:
+            server._answering -= 1
+        return outcome, (size if isinstance(outcome, Completed) else 0)
+
+    def _watch_for_cancel(
+        self, stream: Stream, request: Request, this: asyncio.Task[None]
+    ) -> asyncio.Handle:
+        """From the next loop turn on (a task done at once needs none), read for a cancel."""
+        server = self.server
+
+        def cancel() -> None:
+            if this in server._running:
+                server._cancel(this, CLIENT_CANCELLED)
+
+        def watch() -> None:
+            if this in server._running:
+                session = ServerSession()
+                session.request, session.input_done = request, True
+                feed = InputFeed(stream, session, server.request_memory, cancel,
+                                 server.request_read_timeout)  # fmt: skip
+                reader = asyncio.ensure_future(feed.run())
+                this.add_done_callback(lambda _: reader.cancel())
+                stream.on_fail(lambda _: reader.cancel())
+
+        return asyncio.get_running_loop().call_soon(watch)
 
     async def _drive(
         self,
