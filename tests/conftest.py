@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +12,39 @@ import pytest
 from p2pnode.demo.netns import Host, two_hosts
 from p2pnode.net.connection import Connection
 from p2pnode.node import Node, NodeConfig
+from p2pnode.protocols.task.handlers import EchoHandler, TaskHandler
+from p2pnode.protocols.task.server import TaskServer
 from p2pnode.wire.identity import Identity, PeerId
 
 from .netns import require_netns
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+MakeServer = Callable[..., Awaitable[TaskServer]]
 
 
 async def start_node(**config: object) -> Node:
     return await Node.start(Identity.generate(), [LOOPBACK], NodeConfig(**config))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[MakeServer]:
+    """Start task servers (a node each, echo unless told), stopped after the test."""
+    nodes: list[Node] = []
+
+    async def make(handlers: dict[str, TaskHandler] | None = None, **options: object) -> TaskServer:
+        node = await start_node()
+        nodes.append(node)
+        server = TaskServer(
+            node,
+            handlers or {"default": EchoHandler()},
+            **options,  # type: ignore[arg-type]
+        )
+        server.install()
+        return server
+
+    yield make
+    for node in nodes:
+        await node.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from p2pnode.errors import DecodeError, ProtocolNotSupportedError
 from p2pnode.node import Node
 from p2pnode.protocols.task.client2 import run_task, stream_task
-from p2pnode.protocols.task.handlers import EchoHandler, ExecHandler, PythonHandler, TaskHandler
+from p2pnode.protocols.task.handlers import ExecHandler, PythonHandler
 from p2pnode.protocols.task.handlers2 import Task
 from p2pnode.protocols.task.messages import PROTOCOL_ID, TaskFailedError, TaskRefusedError
 from p2pnode.protocols.task.messages2 import (
@@ -32,27 +32,10 @@ from p2pnode.protocols.task.messages2 import (
 from p2pnode.protocols.task.server import TaskLogRecord, TaskServer
 from p2pnode.protocols.task.session2 import ClientSession, frame
 
-from .conftest import addr_of, start_node
+from .conftest import MakeServer, addr_of
 
-MakeServer = Callable[..., Awaitable[TaskServer]]
 ALL_BYTES = bytes(range(256))
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
-
-
-@pytest.fixture
-async def make_server() -> AsyncIterator[MakeServer]:
-    nodes: list[Node] = []
-
-    async def make(handlers: dict[str, TaskHandler] | None = None, **options: Any) -> TaskServer:
-        node = await start_node()
-        nodes.append(node)
-        server = TaskServer(node, handlers or {"default": EchoHandler()}, **options)
-        server.install()
-        return server
-
-    yield make
-    for node in nodes:
-        await node.stop()
 
 
 async def events_of(client: Node, server: TaskServer, *args: Any, **kw: Any) -> list[Any]:

@@ -4,7 +4,7 @@ stays bounded, and the server keeps serving everyone else."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from p2pnode.errors import DecodeError
 from p2pnode.net.stream import Stream
 from p2pnode.node import Node
 from p2pnode.protocols.task.client2 import run_task
-from p2pnode.protocols.task.handlers import EchoHandler, PythonHandler, TaskHandler
+from p2pnode.protocols.task.handlers import EchoHandler, PythonHandler
 from p2pnode.protocols.task.handlers2 import Task
 from p2pnode.protocols.task.messages2 import (
     PROTOCOL_ID_V2,
@@ -38,27 +38,10 @@ from p2pnode.protocols.task.session2 import (
 from p2pnode.wire.varint import encode_uvarint
 from p2pnode.wire.yamux import YamuxConfig
 
-from .conftest import addr_of, start_node
+from .conftest import MakeServer, addr_of
 
-MakeServer = Callable[..., Awaitable[TaskServer]]
 WINDOW = YamuxConfig().max_receive_window
 SOCKET_SLACK = 8 << 20  # what the kernel's loopback socket buffers may hold besides
-
-
-@pytest.fixture
-async def make_server() -> AsyncIterator[MakeServer]:
-    nodes: list[Node] = []
-
-    async def make(handlers: dict[str, TaskHandler] | None = None, **options: Any) -> TaskServer:
-        node = await start_node()
-        nodes.append(node)
-        server = TaskServer(node, handlers or {"default": EchoHandler()}, **options)
-        server.install()
-        return server
-
-    yield make
-    for node in nodes:
-        await node.stop()
 
 
 async def exchange(

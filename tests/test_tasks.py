@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -21,7 +21,7 @@ from p2pnode.net.framed import read_frame
 from p2pnode.net.stream import Stream
 from p2pnode.node import Node
 from p2pnode.protocols.task.client import send_task
-from p2pnode.protocols.task.handlers import EchoHandler, ExecHandler, PythonHandler, TaskHandler
+from p2pnode.protocols.task.handlers import EchoHandler, ExecHandler, PythonHandler
 from p2pnode.protocols.task.messages import (
     PROTOCOL_ID,
     ErrorCode,
@@ -39,9 +39,7 @@ from p2pnode.protocols.task.server import TaskLogRecord, TaskServer, format_log_
 from p2pnode.wire.framing import encode_frame
 from p2pnode.wire.varint import encode_uvarint
 
-from .conftest import addr_of, start_node
-
-MakeServer = Callable[..., Awaitable[TaskServer]]
+from .conftest import MakeServer, addr_of, start_node
 
 
 class Gate:
@@ -62,26 +60,6 @@ class Gate:
     async def wait_entered(self, count: int) -> None:
         async with self.all_entered:
             await self.all_entered.wait_for(lambda: self.entered >= count)
-
-
-@pytest.fixture
-async def make_server() -> AsyncIterator[MakeServer]:
-    nodes: list[Node] = []
-
-    async def make(handlers: dict[str, TaskHandler] | None = None, **options: object) -> TaskServer:
-        node = await start_node()
-        nodes.append(node)
-        server = TaskServer(
-            node,
-            handlers or {"default": EchoHandler()},
-            **options,  # type: ignore[arg-type]
-        )
-        server.install()
-        return server
-
-    yield make
-    for node in nodes:
-        await node.stop()
 
 
 async def raw_exchange(client: Node, server: TaskServer, payload: bytes) -> TaskResponse:

@@ -174,15 +174,8 @@ class TaskCall:
                 await stream.write(frame(first))
                 await stream.close_write()
             while not session.done:
-                if self._deadline is None:
-                    chunk = await stream.read()
-                else:
-                    chunk = await self._timed(stream.read())
-                if not chunk:
-                    session.receive_eof()
-                for event in session.receive_data(chunk):
-                    if isinstance(event, Failed):
-                        raise task_error(event.code, event.message, self.task_id)
+                for event in await self._next_events(stream, session):
+                    self._raise_failed(event)
                     gathered.take(event)
         except ProtocolNotSupportedError:
             async for event in self._protocol1():  # it says why when the input cannot go
@@ -195,6 +188,17 @@ class TaskCall:
         self.round_trip_ms = round((time.perf_counter() - connected) * 1000, 3)
         await _await_peer_close(stream)
         return gathered.output(self)
+
+    async def _next_events(self, stream: Stream, session: ClientSession) -> list[ServerEvent]:
+        """The checked events of the next read (DecodeError at an end before a terminal one)."""
+        chunk = await (stream.read() if self._deadline is None else self._timed(stream.read()))
+        if not chunk:
+            session.receive_eof()
+        return session.receive_data(chunk)
+
+    def _raise_failed(self, event: ServerEvent) -> None:
+        if isinstance(event, Failed):
+            raise task_error(event.code, event.message, self.task_id)
 
     async def _timed(self, awaitable: Awaitable[T]) -> T:
         """``await awaitable``, by the task's deadline (TaskTimeoutError after it)."""
@@ -227,15 +231,8 @@ class TaskCall:
                 else:
                     sender = asyncio.ensure_future(self._send_input(stream, first, rest))
                 while not session.done:
-                    if self._deadline is None:
-                        chunk = await stream.read()
-                    else:
-                        chunk = await self._timed(stream.read())
-                    if not chunk:
-                        session.receive_eof()
-                    for event in session.receive_data(chunk):
-                        if isinstance(event, Failed):
-                            raise task_error(event.code, event.message, self.task_id)
+                    for event in await self._next_events(stream, session):
+                        self._raise_failed(event)
                         yield event
             except ProtocolNotSupportedError:
                 if not self._fits_protocol1():
