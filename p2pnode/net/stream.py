@@ -73,6 +73,7 @@ class Stream:
         "_fin_deferred",
         "_inline",
         "_negotiation",
+        "_on_data",
         "_on_fail",
         "_read_waiter",
         "_readable",
@@ -98,6 +99,7 @@ class Stream:
         # close_write() came before the optimistic answer: the FIN waits for it (see close_write).
         self._fin_deferred = False
         self._on_fail: list[Callable[[Exception], object]] | None = None
+        self._on_data: Callable[[], object] | None = None
         self._inline: _InlineAnswers | None = None  # set while answer_inline() runs
         self._deadline: float | None = None  # loop time after which waits fail
 
@@ -127,6 +129,15 @@ class Stream:
             self._on_fail = [callback]
         else:
             self._on_fail.append(callback)
+
+    def on_data(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback()`` once, from the receive path, when data or the EOF next
+        arrives (at once if some is already here); None removes it. It must not block.
+        """
+        if callback is not None and (self._chunks or self._eof):
+            callback()
+        else:
+            self._on_data = callback
 
     def set_deadline(self, seconds: float | None) -> None:
         """Make reads and writes that start waiting after this call fail with
@@ -336,10 +347,19 @@ class Stream:
         if self._fin_deferred:
             self._negotiate_buffered()
         self._wake_reader()
+        if self._on_data is not None:
+            self._data_arrived()
 
     def _feed_eof(self) -> None:
         self._eof = True
         self._wake_reader()
+        if self._on_data is not None:
+            self._data_arrived()
+
+    def _data_arrived(self) -> None:
+        callback, self._on_data = self._on_data, None
+        if callback is not None:
+            callback()
 
     def _failure(self) -> Exception:
         """A fresh copy of the stored error to raise.

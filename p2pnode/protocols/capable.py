@@ -11,7 +11,6 @@ wins and the others are cancelled).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from p2pnode.errors import DiscoveryError, P2PError
 from p2pnode.protocols.card import AgentCard, CardCache
 from p2pnode.protocols.task.client2 import InputLike, TaskOutput, run_task
-from p2pnode.protocols.task.messages import TaskError
+from p2pnode.protocols.task.messages import TaskError, new_task_id
 from p2pnode.wire.identity import PeerId
 
 if TYPE_CHECKING:
@@ -98,7 +97,7 @@ async def run_on_any(
         raise DiscoveryError(f"no peer that serves kind {kind!r} was found")
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    task_id = options.pop("task_id", None) or os.urandom(8).hex()
+    task_id = options.pop("task_id", None) or new_task_id()
     errors: list[str] = []
     for candidate in candidates:
         left = None if deadline is None else deadline - loop.time()

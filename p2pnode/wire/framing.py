@@ -51,11 +51,41 @@ class FrameDecoder:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Feed bytes; return every message completed by them."""
+        if self._expected is None and not self._head and type(data) is bytes:
+            return self._whole_messages(data)
+        return self._receive_view(data, [])
+
+    def _whole_messages(self, data: bytes) -> list[bytes]:
+        """The common case, nothing pending: messages sliced straight out of ``data``."""
+        messages: list[bytes] = []
+        pos, end = 0, len(data)
+        limit = self.max_size
+        while pos < end:
+            size = data[pos]
+            start = pos + 1
+            if size >= 0x80:
+                header = decode_uvarint(data, pos)
+                if header is None:
+                    break  # the prefix continues in a later read
+                size, start = header
+            if size > limit:
+                raise MessageTooLargeError(size, limit)
+            stop = start + size
+            if stop > end:
+                break
+            messages.append(data[start:stop])
+            pos = stop
+        if pos < end:
+            return self._receive_view(memoryview(data)[pos:], messages, keep=True)
+        return messages
+
+    def _receive_view(
+        self, data: bytes | bytearray | memoryview, messages: list[bytes], keep: bool = False
+    ) -> list[bytes]:
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
-        keep = isinstance(data, bytes)  # immutable: pieces may point into it
-        messages: list[bytes] = []
+        keep = keep or isinstance(data, bytes)  # immutable: pieces may point into it
         while view:
             if self._expected is None:
                 view = self._read_prefix(view)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from p2pnode.protocols.task.messages import (
     decode_response,
     encode_request,
     error_from_response,
+    new_task_id,
 )
 from p2pnode.wire.framing import encode_frame
 
@@ -55,7 +55,7 @@ async def send_task(
     max_response_size: int = MAX_RESPONSE_SIZE,
 ) -> TaskResult:
     """Run one task on ``peer``; raise a TaskError subclass when the peer reports a failure."""
-    task_id = task_id or os.urandom(8).hex()
+    task_id = task_id or new_task_id()
     request = TaskRequest(
         task_id, input, kind, round(timeout * 1000) if timeout is not None else None
     )

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -26,10 +25,12 @@ from p2pnode.protocols.task.messages import (
     PROTOCOL_ID,
     TaskError,
     TaskTimeoutError,
+    new_task_id,
     task_error,
 )
 from p2pnode.protocols.task.messages2 import (
     CHUNK_SIZE,
+    MAX_MESSAGE_SIZE,
     MAX_PARTS_PER_MESSAGE,
     PROTOCOL_ID_V2,
     Accepted,
@@ -110,7 +111,7 @@ class TaskCall:
         self.parts = as_parts(input)
         self.kind = kind
         self.timeout = timeout
-        self.task_id = task_id or os.urandom(8).hex()
+        self.task_id = task_id or new_task_id()
         self.metadata = metadata
         self.stream = stream
         self.input_chunks = input_chunks  # a bytes part sent as it is read (a file)
@@ -173,8 +174,11 @@ class TaskCall:
             with contextlib.suppress(StreamResetError):  # refused: its answer is here
                 await stream.write(frame(first))
                 await stream.close_write()
-            while not session.done:
-                for event in await self._next_events(stream, session):
+            while not session.done:  # (_next_events, inlined: this is the hot path)
+                chunk = await self._timed(stream.read())
+                if not chunk:
+                    session.receive_eof()
+                for event in session.receive_data(chunk):
                     self._raise_failed(event)
                     gathered.take(event)
         except ProtocolNotSupportedError:
@@ -191,7 +195,7 @@ class TaskCall:
 
     async def _next_events(self, stream: Stream, session: ClientSession) -> list[ServerEvent]:
         """The checked events of the next read (DecodeError at an end before a terminal one)."""
-        chunk = await (stream.read() if self._deadline is None else self._timed(stream.read()))
+        chunk = await self._timed(stream.read())
         if not chunk:
             session.receive_eof()
         return session.receive_data(chunk)
@@ -200,10 +204,11 @@ class TaskCall:
         if isinstance(event, Failed):
             raise task_error(event.code, event.message, self.task_id)
 
-    async def _timed(self, awaitable: Awaitable[T]) -> T:
-        """``await awaitable``, by the task's deadline (TaskTimeoutError after it)."""
-        if self._deadline is None:
-            return await awaitable
+    def _timed(self, awaitable: Awaitable[T]) -> Awaitable[T]:
+        """``awaitable``, bounded by the task's deadline (TaskTimeoutError after it)."""
+        return awaitable if self._deadline is None else self._by_deadline(awaitable)
+
+    async def _by_deadline(self, awaitable: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout_at(self._deadline):
                 return await awaitable
@@ -294,7 +299,6 @@ class TaskCall:
 
     def _request(self) -> tuple[Request, Iterator[tuple[Part, bool]] | None]:
         """The request with as much input as fits one message; the rest of the pieces."""
-        pieces = self._pieces()
         request = Request(
             self.task_id,
             self.kind,
@@ -302,6 +306,10 @@ class TaskCall:
             timeout_ms=round(self.timeout * 1000) if self.timeout is not None else None,
             stream=self.stream,
         )
+        if self.input_chunks is None and _fits_one_message(self.parts):
+            request.input = list(self.parts)
+            return request, None
+        pieces = self._pieces()
         size = 0
         for part, append in pieces:
             if (
@@ -334,6 +342,21 @@ class TaskCall:
             await stream.write(frame(InputChunk(part, append)))
         await stream.write(frame(InputChunk(end=True)))
         await stream.close_write()
+
+
+def _fits_one_message(parts: Sequence[Part]) -> bool:
+    """True when ``parts`` surely fit one request (judged without encoding text or bytes)."""
+    if len(parts) > MAX_PARTS_PER_MESSAGE:
+        return False
+    size = 0
+    for part in parts:
+        if part.type == "text":
+            size += len(part.text or "") * 4  # at most 4 UTF-8 bytes per character
+        elif part.type == "bytes":
+            size += len(part.data or b"")
+        else:
+            return False  # JSON: its size needs encoding, which _request does
+    return size <= CHUNK_SIZE
 
 
 async def _cancel(stream: Stream) -> None:
@@ -374,13 +397,17 @@ class _Gathered:
         self.size = 0
         self.latency_ms = 0
         self.cached = False
+        self.whole: list[Part] | None = None  # the parts of a lone completed event
 
     def take(self, event: ServerEvent) -> None:
         if isinstance(event, OutputChunk):
             self._add(event.part, event.append)
         elif isinstance(event, Completed):
-            for part in event.parts:
-                self._add(part, False)
+            if not self.assembler.has_parts and self.max_output >= MAX_MESSAGE_SIZE:
+                self.whole = event.parts  # one message: within max_output, nothing to join
+            else:
+                for part in event.parts:
+                    self._add(part, False)
             self.latency_ms, self.cached = event.latency_ms, event.cached
 
     def _add(self, part: Part, append: bool) -> None:
@@ -397,7 +424,7 @@ class _Gathered:
     def output(self, call: TaskCall) -> TaskOutput:
         return TaskOutput(
             call.task_id,
-            self.assembler.parts(),
+            self.assembler.parts() if self.whole is None else self.whole,
             self.latency_ms,
             call.connect_ms,
             call.round_trip_ms,
@@ -407,20 +434,27 @@ class _Gathered:
         )
 
 
-async def run_task(
+def run_task(
     node: Host,
     peer: PeerLike,
     input: InputLike = (),
     *,
     max_output: int = MAX_RESPONSE_SIZE,
     **options: Any,
-) -> TaskOutput:
-    """Run a task and return its whole output (at most ``max_output`` bytes)."""
+) -> Coroutine[Any, Any, TaskOutput]:
+    """Run a task and return its whole output (at most ``max_output`` bytes).
+
+    A coroutine to await (it is the call's own: no wrapping coroutine on the hot path).
+    """
     options.setdefault("stream", False)
     call = TaskCall(node, peer, input, **options)
     gathered = _Gathered(call.task_id, max_output)
     if call.input_chunks is None and not call.stream:
-        return await call.run_whole(gathered)
+        return call.run_whole(gathered)
+    return _gather(call, gathered)
+
+
+async def _gather(call: TaskCall, gathered: _Gathered) -> TaskOutput:
     async for event in call.events():
         gathered.take(event)
     return gathered.output(call)

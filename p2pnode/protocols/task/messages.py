@@ -7,6 +7,8 @@ a UTF-8 JSON object. Unknown fields are ignored. See ``docs/task-protocol.md``.
 
 from __future__ import annotations
 
+import os
+import random
 from enum import StrEnum
 
 import msgspec
@@ -17,6 +19,16 @@ PROTOCOL_ID = "/p2pnode/task/1.0.0"
 DEFAULT_KIND = "default"
 MAX_REQUEST_SIZE = 1024 * 1024
 MAX_RESPONSE_SIZE = 16 * 1024 * 1024
+
+# Task ids need to be unique, not secret: a generator seeded once from the OS (and again
+# in a forked child) costs a fraction of an os.urandom() system call per task.
+_ids = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(16)))
+
+
+def new_task_id() -> str:
+    """A fresh random task id: 16 hex digits."""
+    return f"{_ids.getrandbits(64):016x}"
 
 
 class ErrorCode(StrEnum):

@@ -59,7 +59,8 @@ class Part(msgspec.Struct, omit_defaults=True):
     def size(self) -> int:
         """Bytes of content (text as UTF-8; JSON as encoded)."""
         if self.type == "text":
-            return len((self.text or "").encode())
+            text = self.text or ""
+            return len(text) if text.isascii() else len(text.encode())  # isascii() is O(1)
         if self.type == "bytes":
             return len(self.data or b"")
         return len(_encoder.encode(self.value))
@@ -218,7 +219,10 @@ def _type_of(body: bytes) -> Any:
 
 def decode_client_message(body: bytes) -> ClientMessage | None:
     """A request, input or cancel (checked); None for a message type we do not know."""
-    message = _decode(_client_decoder, _CLIENT_TYPES, body, "client")
+    try:
+        message = _client_decoder.decode(body)
+    except Exception:  # why, or a newer peer's message to ignore
+        message = _decode(_client_decoder, _CLIENT_TYPES, body, "client")
     if isinstance(message, Request):
         if not 0 < len(message.id.encode()) <= MAX_TASK_ID:
             raise DecodeError(f"task id must be 1 to {MAX_TASK_ID} bytes")
@@ -229,12 +233,15 @@ def decode_client_message(body: bytes) -> ClientMessage | None:
         check_parts(message.input)
     elif isinstance(message, InputChunk) and message.part is not None:
         check_parts([message.part])
-    return message  # type: ignore[no-any-return]
+    return message
 
 
 def decode_server_event(body: bytes) -> ServerEvent | None:
     """A server event; None for an event type we do not know (ignored)."""
-    return _decode(_server_decoder, _SERVER_TYPES, body, "server")  # type: ignore[no-any-return]
+    try:
+        return _server_decoder.decode(body)
+    except Exception:  # why, or a newer peer's event to ignore
+        return _decode(_server_decoder, _SERVER_TYPES, body, "server")  # type: ignore[no-any-return]
 
 
 def check_parts(parts: list[Part]) -> None:
@@ -294,6 +301,10 @@ class PartAssembler:
         if last.type != part.type or pieces is None or piece is None:
             raise DecodeError(f"cannot append a {part.type} part to a {last.type} part")
         pieces.append(piece)
+
+    @property
+    def has_parts(self) -> bool:
+        return bool(self._parts)
 
     def parts(self) -> list[Part]:
         """The parts so far, each with its pieces joined."""

@@ -338,11 +338,14 @@ class TaskService2:
             await self._finish(stream, [frame(refusal)], unread=not session.input_done)
             return refusal
         key = (peer, request.id)
-        earlier = await self._earlier_outcome(key)
+        cache = self.cache
+        earlier = cache.get(key)
+        if earlier is None and key in cache.running:
+            earlier = await self._outcome_of_running(key)
         if earlier is not None:
             return await self._answer_again(stream, session, request, earlier)
         waiters: list[asyncio.Future[Outcome | None]] = []  # retries of this very task
-        self.cache.running[key] = waiters
+        cache.running[key] = waiters
         outcome: Outcome = Failed(request.id, "failed", "the task did not finish")
         cacheable = -1
         try:
@@ -357,20 +360,16 @@ class TaskService2:
             else:
                 outcome, cacheable = await self._run(stream, session, request, pending)
         finally:
-            kept = cacheable >= 0 and self.cache.put(key, outcome, cacheable)
+            kept = cacheable >= 0 and cache.put(key, outcome, cacheable)
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(outcome if kept else None)
-            del self.cache.running[key]
+            del cache.running[key]
         return outcome
 
-    async def _earlier_outcome(self, key: tuple[PeerId, str]) -> Outcome | None:
-        outcome = self.cache.get(key)
-        if outcome is not None:
-            return outcome
-        waiters = self.cache.running.get(key)
-        if waiters is None:
-            return None
+    async def _outcome_of_running(self, key: tuple[PeerId, str]) -> Outcome | None:
+        """The outcome of the running task ``key`` (None: not kept, or not in time)."""
+        waiters = self.cache.running[key]
         waiter: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         waiters.append(waiter)
         try:
@@ -406,7 +405,7 @@ class TaskService2:
                 chunk = await stream.read()
                 if not chunk:
                     session.receive_eof()
-                events: list[object] = list(session.receive_data(chunk))
+                events: list[object] = session.receive_data(chunk)  # type: ignore[assignment]
                 if session.request is not None:
                     return events
                 more = session.buffered - held
@@ -471,7 +470,6 @@ class TaskService2:
         if request.stream:
             await writer.flush()
         reader: asyncio.Task[None] | None = None
-        deferred: asyncio.Handle | None = None
         started = time.perf_counter()
         limit = CACHE_MAX_BYTES if request.stream else server.max_response_size
         collected = _Collected(limit, self.output_types.get(request.kind), request.stream)
@@ -487,14 +485,14 @@ class TaskService2:
             if not stream.at_eof and not session.input_done:
                 reader = asyncio.ensure_future(feed.run())
             elif not stream.at_eof:
-                # Only a cancel can still come: watch for it from the next loop turn, so
-                # that a task done at once (most small ones) costs no reader task.
+                # Only a cancel can still come: read when something arrives, so that a
+                # task done first (most small ones) costs no reader task.
                 def watch() -> None:
                     nonlocal reader
                     if this in server._running:
                         reader = asyncio.ensure_future(feed.run())
 
-                deferred = asyncio.get_running_loop().call_soon(watch)
+                stream.on_data(watch)
             elif not session.input_done:
                 session.receive_eof()
             if timeout is None:
@@ -520,8 +518,7 @@ class TaskService2:
                 writer.add(outcome)
             input_unread = not session.input_done
             await writer.flush()
-            if deferred is not None:
-                deferred.cancel()
+            stream.on_data(None)
             if reader is not None:
                 reader.cancel()
             await self._finish(stream, [], unread=input_unread)
@@ -586,7 +583,8 @@ class TaskService2:
                 server._cancel(this, _FAILED)
 
         stream.on_fail(stop_the_work)
-        deferred = None if stream.at_eof else self._watch_for_cancel(stream, request, this)
+        if not stream.at_eof:  # a cancel may come: read for it when something does
+            stream.on_data(lambda: self._watch_for_cancel(stream, request, this))
         size = 0
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -612,13 +610,12 @@ class TaskService2:
             server._running.discard(this)
             if server._cancelled.pop(this, None) is not None:
                 this.uncancel()
-            if deferred is not None:
-                deferred.cancel()
+            stream.on_data(None)
         server._answering += 1
         try:
-            writer = _EventWriter(stream, server.response_write_timeout, False)
-            writer.add(Accepted(request.id))
             if isinstance(outcome, Completed) and size > _ONE_MESSAGE:
+                writer = _EventWriter(stream, server.response_write_timeout, False)
+                writer.add(Accepted(request.id))
                 parts, outcome.parts = outcome.parts, []
                 for part in parts:
                     for piece, append in split_part(part):
@@ -626,35 +623,40 @@ class TaskService2:
                         await writer.flush()
                 writer.add(outcome)
                 outcome.parts = parts
-            else:
-                writer.add(outcome)
-            await writer.flush()
+                await writer.flush()
+            else:  # the common answer: one write (what _EventWriter.flush does, inlined)
+                stream.set_deadline(server.response_write_timeout)
+                try:
+                    await stream.write(frame(Accepted(request.id)) + frame(outcome))
+                except P2PTimeoutError:
+                    timeout = server.response_write_timeout
+                    raise AnswerNotTakenError(
+                        f"the peer did not take the answer within {timeout}s"
+                    ) from None
+                finally:
+                    stream.set_deadline(None)
             await stream.close()
         finally:
             server._answering -= 1
         return outcome, (size if isinstance(outcome, Completed) else 0)
 
-    def _watch_for_cancel(
-        self, stream: Stream, request: Request, this: asyncio.Task[None]
-    ) -> asyncio.Handle:
-        """From the next loop turn on (a task done at once needs none), read for a cancel."""
+    def _watch_for_cancel(self, stream: Stream, request: Request, this: asyncio.Task[None]) -> None:
+        """Read the rest of the stream (only a cancel means something) while ``this`` runs."""
         server = self.server
+        if this not in server._running:
+            return
 
         def cancel() -> None:
             if this in server._running:
                 server._cancel(this, CLIENT_CANCELLED)
 
-        def watch() -> None:
-            if this in server._running:
-                session = ServerSession()
-                session.request, session.input_done = request, True
-                feed = InputFeed(stream, session, server.request_memory, cancel,
-                                 server.request_read_timeout)  # fmt: skip
-                reader = asyncio.ensure_future(feed.run())
-                this.add_done_callback(lambda _: reader.cancel())
-                stream.on_fail(lambda _: reader.cancel())
-
-        return asyncio.get_running_loop().call_soon(watch)
+        session = ServerSession()
+        session.request, session.input_done = request, True
+        feed = InputFeed(stream, session, server.request_memory, cancel,
+                         server.request_read_timeout)  # fmt: skip
+        reader = asyncio.ensure_future(feed.run())
+        this.add_done_callback(lambda _: reader.cancel())
+        stream.on_fail(lambda _: reader.cancel())
 
     async def _drive(
         self,
