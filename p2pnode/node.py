@@ -25,10 +25,12 @@ from p2pnode.net.connection import Connection
 from p2pnode.net.host import PeerLike, StreamHandler
 from p2pnode.net.limits import Limits, Refusals
 from p2pnode.net.stream import Stream
-from p2pnode.net.transport import Listener, TransportConfig, dial, listen
+from p2pnode.net.relayed import StreamTransport
+from p2pnode.net.transport import Listener, TransportConfig, dial, listen, upgrade_transport
 from p2pnode.protocols import identify, ping
 from p2pnode.protocols.identify import IdentifyInfo
 from p2pnode.protocols.identify_service import IdentifyService
+from p2pnode.protocols.relay.client import RelayClient
 from p2pnode.routing.peerstore import PeerStore
 from p2pnode.routing.router import ConnectTrace, PeerRouter
 from p2pnode.wire.identity import Identity, PeerId
@@ -39,6 +41,8 @@ from p2pnode.wire.muxer import StreamRefused
 if TYPE_CHECKING:
     from p2pnode.protocols.card import AgentCard, CardCache
     from p2pnode.protocols.kad.dht import DhtConfig, KadDHT
+    from p2pnode.protocols.relay.service import RelayService
+    from p2pnode.wire.relay import RelayLimits
     from p2pnode.protocols.task.client2 import InputLike
     from p2pnode.routing.mdns import DiscoveredPeer, DiscoveryEvent, MdnsDiscovery
 
@@ -81,6 +85,10 @@ class NodeConfig:
     lookup_timeout: float = 5.0  # seconds one router may take to find a peer
     limits: Limits = field(default_factory=Limits)  # what peers can make this node hold
     dht: DhtConfig | None = None  # join a Kademlia DHT (None: no DHT)
+    # serve as a circuit relay (v2) with these limits (None: do not relay for others)
+    relay_service: RelayLimits | None = None
+    # relays to hold a reservation on, so peers that cannot dial us reach us through them
+    relays: Sequence[Multiaddr | str] = ()
 
 
 class Node:
@@ -123,6 +131,18 @@ class Node:
         self.identify_service.register()
         for name in self.config.peer_routing:
             self.add_router(self._builtin_router(name))
+        self.relay_client = RelayClient(
+            self, self._upgrade_circuit, self._adopt_relayed, self._addresses_changed
+        )
+        self.relay_client.register()
+        self.relay_service: RelayService | None = None
+        if self.config.relay_service is not None:
+            from p2pnode.protocols.relay.service import RelayService
+
+            self.relay_service = RelayService(
+                self, identity, self.config.relay_service, refusals=self.refusals
+            )
+            self.relay_service.register()
         self.dht: KadDHT | None = None
         self._cards: CardCache | None = None
         if self.config.dht is not None:
@@ -147,6 +167,8 @@ class Node:
                 await node.start_discovery()
             if node.dht is not None:
                 await node.dht.start()
+            for relay in node.config.relays:
+                node.relay_client.keep(Multiaddr.from_string(str(relay)))
         except BaseException:
             await node.stop()
             raise
@@ -163,6 +185,16 @@ class Node:
     def listen_addrs(self) -> list[Multiaddr]:
         """Bound listen addresses, without the /p2p suffix."""
         return [addr for listener in self._listeners for addr in listener.addrs]
+
+    @property
+    def advertised_addrs(self) -> list[Multiaddr]:
+        """What peers are told to dial: the listen addresses, then the relayed ones
+        (``.../p2p/<relay>/p2p-circuit/p2p/<self>``) of every relay holding a slot for us."""
+        return [*self.listen_addrs, *self.relay_client.relayed_addrs]
+
+    def _addresses_changed(self) -> None:
+        if self._connections:
+            self.identify_service.changed()
 
     @property
     def protocols(self) -> list[str]:
@@ -390,10 +422,14 @@ class Node:
                 log.exception("connection event callback failed")
 
     def _usable_connection(self, peer: PeerId) -> Connection | None:
+        """An open connection to ``peer``, a direct one rather than a relayed one."""
+        relayed = None
         for conn in self._connections.get(peer, ()):
             if conn.is_usable:
-                return conn
-        return None
+                if not conn.limited:
+                    return conn
+                relayed = relayed or conn
+        return relayed
 
     async def dial(self, addr: Multiaddr | str) -> Connection:
         """Connect to ``addr``, reusing an open connection when it names a connected peer."""
@@ -410,8 +446,8 @@ class Node:
         if peer == self.peer_id and self._listeners:
             raise DialError(f"{addr} is this node itself")
         existing = self._usable_connection(peer)
-        if existing is not None:
-            return existing
+        if existing is not None and (addr.is_circuit or not existing.limited):
+            return existing  # (a direct address is dialed when only a relayed connection is open)
         return await self._dial_peer(peer, [addr.without_peer_id()])
 
     async def connect(
@@ -529,7 +565,8 @@ class Node:
         return conn
 
     async def _dial_candidates(self, peer: PeerId, addrs: Sequence[Multiaddr]) -> Connection:
-        usable = [a for a in addrs if a.unsupported_part() is None]
+        # direct addresses first: a relayed connection is limited
+        usable = sorted((a for a in addrs if a.unsupported_part() is None), key=_is_circuit)
         if addrs and not usable:  # e.g. only /ws or relay addresses: say which
             reason = addrs[0].unsupported_part()
             raise DialError(f"no address of {peer} can be dialed: {addrs[0]}: {reason}")
@@ -582,7 +619,10 @@ class Node:
 
     async def _dial_addr(self, addr: Multiaddr) -> Connection:
         """One dial of one address (ending in /p2p/<id> to verify the peer)."""
-        conn = await dial(addr, self._transport_config, self._handle_inbound_stream)
+        if addr.is_circuit:
+            conn = await self.relay_client.dial(addr)
+        else:
+            conn = await dial(addr, self._transport_config, self._handle_inbound_stream)
         if self._stopped:
             await conn.close()
             raise LocalProtocolError("the node was stopped while dialing")
@@ -592,6 +632,36 @@ class Node:
             for router in self._routers:
                 router.remember(conn.remote_peer, self.peer_store.addrs(conn.remote_peer))
         return conn
+
+    async def _upgrade_circuit(
+        self,
+        transport: StreamTransport,
+        initiator: bool,
+        expected: PeerId | None,
+        addrs: tuple[Multiaddr, Multiaddr],
+    ) -> Connection:
+        return await upgrade_transport(
+            transport,
+            self._transport_config,
+            is_initiator=initiator,
+            expected_peer=expected,
+            on_inbound_stream=self._handle_inbound_stream,
+            addrs=addrs,
+        )
+
+    def _adopt_relayed(self, conn: Connection) -> None:
+        """Register an inbound relayed connection (not counted by IP: that is the relay's)."""
+        if self._stopped:
+            conn._abort(P2PTimeoutError("node is stopping"))
+            return
+        peer_conns = len(self._connections.get(conn.remote_peer, ()))
+        if peer_conns >= self.config.limits.max_connections_per_peer:
+            self.refusals.refuse(
+                "max_connections_per_peer", str(conn.remote_peer), f"{peer_conns} open already"
+            )
+            conn._abort(ConnectionClosedError("too many connections from this peer"))
+            return
+        self._register(conn)
 
     # -- routers -------------------------------------------------------------------
 
@@ -753,7 +823,7 @@ class Node:
         """How this node describes itself to a peer that sees it at ``observed``."""
         return IdentifyInfo(
             public_key=self.identity.public_key,
-            listen_addrs=self.listen_addrs,
+            listen_addrs=self.advertised_addrs,
             observed_addr=observed,
             protocols=self.protocols,
             protocol_version=identify.PROTOCOL_VERSION,
@@ -773,6 +843,9 @@ class Node:
         if self.dht is not None:
             await self.dht.stop()
         await self.identify_service.close()
+        await self.relay_client.close()
+        if self.relay_service is not None:
+            await self.relay_service.close()
         if self._discovery_task is not None:
             self._discovery_task.cancel()
             await asyncio.gather(self._discovery_task, return_exceptions=True)
@@ -789,3 +862,7 @@ class Node:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+def _is_circuit(addr: Multiaddr) -> bool:
+    return addr.is_circuit

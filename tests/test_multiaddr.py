@@ -119,8 +119,11 @@ def test_parsing_is_remembered_but_errors_are_not() -> None:
         ("/ip4/127.0.0.1/tcp/4001/wss/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
          "/wss"),
         ("/ip4/127.0.0.1/tcp/4001/http", "/http"),
+        ("/ip4/127.0.0.1/tcp/4001/p2p-circuit", "not a relayed address"),
+        ("/ip4/127.0.0.1/tcp/4001/ws/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+         "/p2p-circuit", "/ws"),
         ("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
-         "/p2p-circuit", "circuit relay"),
+         "/p2p-circuit/tcp/5", "/tcp after /p2p-circuit"),
         ("/ip4/127.0.0.1/udp/4001/quic-v1", "not a TCP address"),
     ],
 )  # fmt: skip

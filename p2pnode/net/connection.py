@@ -105,6 +105,8 @@ class Connection(asyncio.BufferedProtocol):
         self.is_initiator = is_initiator
         self.muxer_protocol = muxer.protocol_id
         self.muxer_in_handshake = False  # chosen inside Noise, not by multistream-select
+        # a relayed circuit: the relay caps its duration and data (see protocols.relay)
+        self.limited = False
         self.negotiating_streams = 0  # inbound streams still choosing a protocol (Node's count)
         # every open connection to the same peer, this one included (the Node keeps it)
         self.siblings: list[Connection] = [self]

@@ -54,6 +54,11 @@ class Host(Protocol):
         ...
 
     @property
+    def advertised_addrs(self) -> list[Multiaddr]:
+        """What peers are told to dial: the listen addresses, then relayed addresses."""
+        ...
+
+    @property
     def peer_store(self) -> PeerBook:
         """What this node knows of other peers."""
         ...

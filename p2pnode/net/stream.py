@@ -32,7 +32,9 @@ class StreamOwner(Protocol):
     loop: asyncio.AbstractEventLoop
     remote_peer: PeerId
     remote_addr: Multiaddr
+    local_addr: Multiaddr
     write_paused: bool  # the socket is behind: writers wait for drained()
+    limited: bool  # a relayed circuit, capped in duration and data by its relay
 
     def flush_pending(self) -> None:
         """Send what the muxer queued now rather than at the end of the loop iteration."""

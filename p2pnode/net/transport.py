@@ -242,8 +242,12 @@ async def upgrade(
     is_initiator: bool,
     expected_peer: PeerId | None,
     on_inbound_stream: InboundStreamHandler,
+    addrs: tuple[Multiaddr, Multiaddr] | None = None,
 ) -> Connection:
-    """Run the whole upgrade on a fresh TCP connection; close it on any failure."""
+    """Run the whole upgrade on a fresh raw connection; close it on any failure.
+
+    ``addrs`` (remote, local) name the connection when the transport is no socket.
+    """
     transport = raw.transport
     assert transport is not None
     try:
@@ -264,15 +268,18 @@ async def upgrade(
     peer = done.remote_peer
     credit = config.receive_memory.acquire(peer)
     muxer = config.make_muxer(done.muxer_id, is_initiator=is_initiator, credit=credit)
-    peername = transport.get_extra_info("peername")
-    sockname = transport.get_extra_info("sockname")
+    if addrs is None:
+        remote = _sockaddr_to_multiaddr(transport.get_extra_info("peername"))
+        local = _sockaddr_to_multiaddr(transport.get_extra_info("sockname"))
+    else:
+        remote, local = addrs
     conn = Connection(
         transport,
         done.secure,
         muxer,
         remote_peer=done.remote_peer,
-        remote_addr=_sockaddr_to_multiaddr(peername),
-        local_addr=_sockaddr_to_multiaddr(sockname),
+        remote_addr=remote,
+        local_addr=local,
         is_initiator=is_initiator,
         on_inbound_stream=on_inbound_stream,
         keepalive_interval=config.keepalive_interval,
@@ -281,6 +288,29 @@ async def upgrade(
     conn.on_close(lambda _: config.receive_memory.let_go(peer))
     conn.start(done.early_plaintext, done.unsent)
     return conn
+
+
+async def upgrade_transport(
+    transport: asyncio.Transport,
+    config: TransportConfig,
+    *,
+    is_initiator: bool,
+    expected_peer: PeerId | None,
+    on_inbound_stream: InboundStreamHandler,
+    addrs: tuple[Multiaddr, Multiaddr],
+) -> Connection:
+    """Upgrade a raw connection that is not a TCP socket (a relayed circuit, for one)."""
+    raw = _HandshakeProtocol()
+    transport.set_protocol(raw)
+    raw.connection_made(transport)
+    return await upgrade(
+        raw,
+        config,
+        is_initiator=is_initiator,
+        expected_peer=expected_peer,
+        on_inbound_stream=on_inbound_stream,
+        addrs=addrs,
+    )
 
 
 async def dial(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -238,13 +239,41 @@ class Multiaddr:
                 return value
         return None
 
+    def _after_circuit(self) -> int:
+        """Index of the first component after the last ``/p2p-circuit`` (0 without one)."""
+        for index in range(len(self._components) - 1, -1, -1):
+            if self._components[index][0] == "p2p-circuit":
+                return index + 1
+        return 0
+
     @property
     def peer_id(self) -> PeerId | None:
-        """The PeerId of a trailing ``/p2p`` component, if any."""
+        """The PeerId the address leads to: its ``/p2p`` component (after any
+        ``/p2p-circuit``, so a relayed address names the peer behind the relay), if any."""
         from p2pnode.wire.identity import PeerId
 
-        text = self.value_for("p2p")
-        return PeerId.from_string(text) if text is not None else None
+        for name, value in self._components[self._after_circuit() :]:
+            if name == "p2p" and value is not None:
+                return PeerId.from_string(value)
+        return None
+
+    @property
+    def is_circuit(self) -> bool:
+        """True for a relayed address (``.../p2p/<relay>/p2p-circuit[/p2p/<peer>]``)."""
+        return self._after_circuit() > 0
+
+    def relay(self) -> tuple[Multiaddr, PeerId]:
+        """The relay of a relayed address: its address (``/p2p/<relay>`` included) and id."""
+        from p2pnode.wire.identity import PeerId
+
+        cut = self._after_circuit() - 1
+        before = self._components[:cut]
+        if cut < 1 or before[-1][0] != "p2p" or before[-1][1] is None:
+            raise MultiaddrError(
+                f"{self} is not a relayed address of the form .../p2p/<relay>/p2p-circuit"
+            )
+        relay = PeerId.from_string(before[-1][1])
+        return Multiaddr.from_string(_text(before)), relay
 
     def encapsulate(self, other: Multiaddr | str) -> Multiaddr:
         """This address followed by ``other``."""
@@ -261,13 +290,12 @@ class Multiaddr:
         return self.encapsulate(f"/p2p/{peer_id}")
 
     def without_peer_id(self) -> Multiaddr:
-        """This address with any ``/p2p`` component removed."""
-        kept = [(n, v) for n, v in self._components if n != "p2p"]
+        """This address without the ``/p2p`` part naming its peer (a relay's stays)."""
+        start = self._after_circuit()
+        kept = [*self._components[:start], *(c for c in self._components[start:] if c[0] != "p2p")]
         if len(kept) == len(self._components):
             return self
-        return Multiaddr.from_string(
-            "".join(f"/{n}" if v is None else f"/{n}/{v}" for n, v in kept)
-        )
+        return Multiaddr.from_string(_text(kept))
 
     def tcp_host_port(self) -> tuple[str, int]:
         """``(host, port)`` of an /ip4, /ip6 or /dns* + /tcp address."""
@@ -293,9 +321,18 @@ class Multiaddr:
         """Why p2pnode cannot use this address (plain TCP only), or None when it can.
 
         Usable: ``/ip4|ip6|dns|dns4|dns6/HOST/tcp/PORT``, optionally ending in
-        ``/p2p/ID``. Anything else (``/ws``, ``/tls``, ``/p2p-circuit``, QUIC, ...)
-        is named in the answer.
+        ``/p2p/ID``, and such an address of a relay followed by ``/p2p-circuit`` (and
+        optionally ``/p2p/ID``). Anything else (``/ws``, ``/tls``, QUIC, ...) is named.
         """
+        if self.is_circuit:
+            try:
+                relay, _ = self.relay()
+            except MultiaddrError as exc:
+                return str(exc)
+            rest = [n for n, _ in self._components[self._after_circuit() :] if n != "p2p"]
+            if rest:
+                return f"/{rest[0]} after /p2p-circuit is not supported"
+            return relay.unsupported_part()
         try:
             self.tcp_host_port()
         except MultiaddrError:
@@ -303,9 +340,7 @@ class Multiaddr:
         rest = [name for name, _ in self._components[2:] if name != "p2p"]
         if not rest:
             return None
-        name = rest[0]
-        what = "relayed connections (circuit relay)" if name == "p2p-circuit" else "this transport"
-        return f"/{name} is not supported yet ({what}; p2pnode speaks plain TCP)"
+        return f"/{rest[0]} is not supported yet (this transport; p2pnode speaks plain TCP)"
 
     def is_wildcard(self) -> bool:
         """True for the unspecified addresses 0.0.0.0 and ::."""
@@ -314,3 +349,7 @@ class Multiaddr:
 
 
 _parse_text = functools.lru_cache(maxsize=1024)(Multiaddr._parse)
+
+
+def _text(components: Sequence[tuple[str, str | None]]) -> str:
+    return "".join(f"/{n}" if v is None else f"/{n}/{v}" for n, v in components)

@@ -356,7 +356,9 @@ class KadDHT:
         """Addresses that worked are in the peer store already; nothing more to keep."""
 
     def _self_record(self) -> PeerInfo:
-        addrs = [a for a in expand_wildcards(self._host.listen_addrs) if a.value_for("tcp")]
+        direct = [a for a in expand_wildcards(self._host.listen_addrs) if a.value_for("tcp")]
+        relayed = [a for a in self._host.advertised_addrs if a.is_circuit]
+        addrs = [*direct, *relayed]
         return PeerInfo(self._host.peer_id, tuple(addrs))
 
     async def provide(self, key: bytes) -> int:
