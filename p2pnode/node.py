@@ -24,12 +24,13 @@ from p2pnode.errors import (
 from p2pnode.net.connection import Connection
 from p2pnode.net.host import PeerLike, StreamHandler
 from p2pnode.net.limits import Limits, Refusals
-from p2pnode.net.stream import Stream
 from p2pnode.net.relayed import StreamTransport
+from p2pnode.net.stream import Stream
 from p2pnode.net.transport import Listener, TransportConfig, dial, listen, upgrade_transport
 from p2pnode.protocols import identify, ping
 from p2pnode.protocols.identify import IdentifyInfo
 from p2pnode.protocols.identify_service import IdentifyService
+from p2pnode.protocols.nat import NatTraversal
 from p2pnode.protocols.relay.client import RelayClient
 from p2pnode.routing.peerstore import PeerStore
 from p2pnode.routing.router import ConnectTrace, PeerRouter
@@ -42,9 +43,9 @@ if TYPE_CHECKING:
     from p2pnode.protocols.card import AgentCard, CardCache
     from p2pnode.protocols.kad.dht import DhtConfig, KadDHT
     from p2pnode.protocols.relay.service import RelayService
-    from p2pnode.wire.relay import RelayLimits
     from p2pnode.protocols.task.client2 import InputLike
     from p2pnode.routing.mdns import DiscoveredPeer, DiscoveryEvent, MdnsDiscovery
+    from p2pnode.wire.relay import RelayLimits
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,20 @@ class NodeConfig:
     relay_service: RelayLimits | None = None
     # relays to hold a reservation on, so peers that cannot dial us reach us through them
     relays: Sequence[Multiaddr | str] = ()
+    # find relays among connected peers that serve hop when AutoNAT says we are private
+    auto_relay: bool = True
+    hole_punching: bool = True  # DCUtR: turn relayed connections into direct ones
+    autonat_service: bool = False  # dial peers back when they ask (AutoNAT v1 server)
+    # ask peers (AutoNAT) whether we are reachable; outgoing connections then leave from
+    # the listen port, so that what peers observe is an address that reaches us
+    reachability_checks: bool = False
+    private_network: bool = False  # a LAN or lab: private IPs count as reachable
+    observed_threshold: int = 4  # distinct peers that must see an address before we trust it
+    # AutoNAT timing (go's): first check after boot_delay s, again every retry_interval s
+    # until sure; a dial-back gets dial_timeout s (failures are answered only then)
+    autonat_boot_delay: float = 15.0
+    autonat_retry_interval: float = 90.0
+    autonat_dial_timeout: float = 15.0
 
 
 class Node:
@@ -121,6 +136,7 @@ class Node:
         self._connections: dict[PeerId, list[Connection]] = {}
         self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
         self._event_callbacks: list[Callable[[ConnectionEvent], None]] = []
+        self._address_callbacks: list[Callable[[list[Multiaddr]], None]] = []
         self.peer_store = PeerStore()
         self._routers: list[PeerRouter] = []
         self.discovery: MdnsDiscovery | None = None
@@ -150,6 +166,16 @@ class Node:
 
             self.dht = KadDHT(self, identity.public_key.to_protobuf(), self.config.dht)
             self.add_router(self.dht)
+        self.nat = NatTraversal(
+            self,
+            self.config,
+            identify_service=self.identify_service,
+            relay_client=self.relay_client,
+            raw_dial=self._raw_dial,
+            adopt=self.adopt_direct,
+            set_dht_server=self._dht_follows_reachability if self.dht is not None else None,
+            on_change=self._addresses_changed,
+        )
 
     @classmethod
     async def start(
@@ -169,6 +195,7 @@ class Node:
                 await node.dht.start()
             for relay in node.config.relays:
                 node.relay_client.keep(Multiaddr.from_string(str(relay)))
+            node.nat.start()
         except BaseException:
             await node.stop()
             raise
@@ -190,11 +217,27 @@ class Node:
     def advertised_addrs(self) -> list[Multiaddr]:
         """What peers are told to dial: the listen addresses, then the relayed ones
         (``.../p2p/<relay>/p2p-circuit/p2p/<self>``) of every relay holding a slot for us."""
-        return [*self.listen_addrs, *self.relay_client.relayed_addrs]
+        return [*self.listen_addrs, *self.nat.public_addrs(), *self.relay_client.relayed_addrs]
+
+    @property
+    def reachability(self) -> str:
+        """``public``, ``private`` or ``unknown``: what AutoNAT found out about this node."""
+        return self.nat.reachability
+
+    def on_addresses_changed(self, callback: Callable[[list[Multiaddr]], None]) -> None:
+        """Call ``callback(advertised_addrs)`` when a relay slot or a public address
+        comes or goes, or reachability changes."""
+        self._address_callbacks.append(callback)
 
     def _addresses_changed(self) -> None:
         if self._connections:
             self.identify_service.changed()
+        addrs = self.advertised_addrs
+        for callback in self._address_callbacks:
+            try:
+                callback(addrs)
+            except Exception:
+                log.exception("address callback failed")
 
     @property
     def protocols(self) -> list[str]:
@@ -622,7 +665,12 @@ class Node:
         if addr.is_circuit:
             conn = await self.relay_client.dial(addr)
         else:
-            conn = await dial(addr, self._transport_config, self._handle_inbound_stream)
+            conn = await dial(
+                addr,
+                self._transport_config,
+                self._handle_inbound_stream,
+                local_port=self.nat.outgoing_port(addr),
+            )
         if self._stopped:
             await conn.close()
             raise LocalProtocolError("the node was stopped while dialing")
@@ -650,7 +698,8 @@ class Node:
         )
 
     def _adopt_relayed(self, conn: Connection) -> None:
-        """Register an inbound relayed connection (not counted by IP: that is the relay's)."""
+        """Register an inbound relayed connection (not counted by IP: that is the relay's),
+        then try to turn it into a direct one (DCUtR)."""
         if self._stopped:
             conn._abort(P2PTimeoutError("node is stopping"))
             return
@@ -662,6 +711,28 @@ class Node:
             conn._abort(ConnectionClosedError("too many connections from this peer"))
             return
         self._register(conn)
+        self.nat.relayed_inbound(conn)
+
+    async def _raw_dial(self, addr: Multiaddr, port: int | None, initiator: bool) -> Connection:
+        """A new TCP connection, not registered (AutoNAT dial-backs, hole punches)."""
+        return await dial(
+            addr,
+            self._transport_config,
+            self._handle_inbound_stream,
+            local_port=port,
+            as_initiator=initiator,
+        )
+
+    def _dht_follows_reachability(self, public: bool) -> None:
+        from p2pnode.protocols.kad.dht import DhtMode
+
+        if self.dht is not None and self.dht.config.mode is DhtMode.AUTO:
+            self.dht.set_server_mode(public)
+
+    def adopt_direct(self, conn: Connection, addr: Multiaddr) -> None:
+        """Register a connection made outside the dialer (a hole punch)."""
+        self._register(conn)
+        self.peer_store.record_connected(conn.remote_peer, addr)
 
     # -- routers -------------------------------------------------------------------
 
@@ -843,6 +914,7 @@ class Node:
         if self.dht is not None:
             await self.dht.stop()
         await self.identify_service.close()
+        await self.nat.close()
         await self.relay_client.close()
         if self.relay_service is not None:
             await self.relay_service.close()

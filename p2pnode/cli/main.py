@@ -289,6 +289,39 @@ def dht_protocol_option(func: Callable[..., Any]) -> Callable[..., Any]:
     help=f"Serve the libp2p perf protocol {perf.PROTOCOL_ID} (throughput tests; default off).",
 )
 @click.option(
+    "--relay-service",
+    is_flag=True,
+    help="Relay for others (circuit relay v2, go's default limits: 2 min and 128 KiB "
+    "per direction per circuit, 128 reservations).",
+)
+@click.option(
+    "--relay",
+    "relays",
+    multiple=True,
+    metavar="MADDR",
+    help="Hold a reservation on this relay (ending in /p2p/<id>; repeatable), so that "
+    "peers that cannot dial us reach us through it.",
+)
+@click.option(
+    "--autonat/--no-autonat",
+    default=True,
+    show_default=True,
+    help="Ask peers whether we are reachable (AutoNAT), answer their asks, and take relay "
+    "slots when we are not.",
+)
+@click.option(
+    "--private-network",
+    is_flag=True,
+    help="A LAN or lab without public addresses: private IPs count as reachable.",
+)
+@click.option(
+    "--observed-threshold",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Peers that must see the same address of ours before we trust it (small networks: 2).",
+)
+@click.option(
     "--perf-max-download",
     type=ByteSize(),
     default=f"{perf.DEFAULT_MAX_DOWNLOAD >> 30}GiB",
@@ -319,6 +352,11 @@ def serve(
     expose_errors: bool,
     serve_perf: bool,
     perf_max_download: int,
+    relay_service: bool,
+    relays: tuple[str, ...],
+    autonat: bool,
+    private_network: bool,
+    observed_threshold: int,
     metrics: str | None,
     as_json: bool,
 ) -> None:
@@ -361,6 +399,11 @@ def serve(
         perf=serve_perf,
         perf_max_download=perf_max_download,
         metrics=metrics,
+        relay_service=relay_service,
+        relays=list(relays),
+        autonat=autonat,
+        private_network=private_network,
+        observed_threshold=observed_threshold,
     )
     run_async(lambda: run_serve(options, out), out)
 

@@ -325,10 +325,13 @@ def load_identity(path: str | None, ephemeral: bool, out: Output) -> Identity:
 
 
 def full_addrs(node: Node) -> list[str]:
-    """The node's dialable listen addresses, each ending in /p2p/<id>."""
+    """The node's dialable addresses, each ending in /p2p/<id>: listen addresses, then
+    observed public ones and those through relays (as identify tells peers)."""
     from p2pnode.net.addresses import expand_wildcards
 
-    return [str(a.with_peer_id(node.peer_id)) for a in expand_wildcards(node.listen_addrs)]
+    listen = expand_wildcards(node.listen_addrs)
+    extra = [a for a in node.advertised_addrs if a not in node.listen_addrs]
+    return [str(a.with_peer_id(node.peer_id)) for a in dict.fromkeys([*listen, *extra])]
 
 
 def format_event(event: ConnectionEvent) -> tuple[str, dict[str, Any]]:

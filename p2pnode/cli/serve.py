@@ -34,6 +34,8 @@ from p2pnode.protocols.task.server import (
 )
 from p2pnode.wire.identity import Identity, PeerId, default_identity_path
 from p2pnode.wire.kad import provider_key_for_kind
+from p2pnode.wire.multiaddr import Multiaddr
+from p2pnode.wire.relay import RelayLimits
 
 REPEAT_WINDOW = 10.0  # seconds: repeated failures from one address are printed once per window
 TRIM_DELAY = 1.0  # seconds after a connection closed before freed memory goes back to the system
@@ -70,6 +72,20 @@ class ServeOptions:
     perf: bool = False  # serve /perf/1.0.0
     metrics: str | None = None  # HOST:PORT for Prometheus metrics
     perf_max_download: int = DEFAULT_MAX_DOWNLOAD
+    relay_service: bool = False  # relay for others (circuit relay v2)
+    relays: list[str] = field(default_factory=list)  # relays to hold a reservation on
+    autonat: bool = True  # reachability checks, dial-backs for others, auto relays
+    private_network: bool = False
+    observed_threshold: int = 4
+
+
+def _relay_addr(text: str) -> Multiaddr:
+    addr = Multiaddr.from_string(text)
+    if addr.peer_id is None or addr.unsupported_part() is not None:
+        raise LocalProtocolError(
+            f"--relay {text}: give a relay's TCP address ending in /p2p/<relay id>"
+        )
+    return addr
 
 
 def read_allow_list(allow: list[str], allow_file: str | None) -> set[PeerId] | None:
@@ -223,7 +239,18 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
     node = await Node.start(
         identity,
         options.listen_addrs,
-        NodeConfig(muxers=options.muxers, mdns=options.mdns, dht=dht, limits=options.limits),
+        NodeConfig(
+            muxers=options.muxers,
+            mdns=options.mdns,
+            dht=dht,
+            limits=options.limits,
+            relay_service=RelayLimits() if options.relay_service else None,
+            relays=[_relay_addr(text) for text in options.relays],
+            autonat_service=options.autonat,
+            reachability_checks=options.autonat,
+            private_network=options.private_network,
+            observed_threshold=options.observed_threshold,
+        ),
     )
 
     out.start_background()
@@ -305,6 +332,16 @@ async def run_serve(options: ServeOptions, out: Output) -> None:
             mdns=options.mdns,
             perf=options.perf,
             metrics=metrics_at,
+            relay_service=options.relay_service,
+        )
+        node.on_addresses_changed(
+            lambda _: out.emit(
+                "addresses",
+                f"reachability {node.reachability}; addresses:\n  " + "\n  ".join(full_addrs(node)),
+                addrs=full_addrs(node),
+                reachability=node.reachability,
+                relays=sorted(str(p) for p in node.relay_client.reservations),
+            )
         )
         open_to = _reachable_listen_addrs(node)
         if (options.exec_specs or options.python_specs) and allowed is None and open_to:

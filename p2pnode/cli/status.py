@@ -72,6 +72,15 @@ def node_status(node: Node, tasks_running: int, started: float) -> dict[str, Any
         "streams": sum(c["streams"] for c in connections),
         "tasks_running": tasks_running,
         "refusals": dict(node.refusals.counts),
+        "reachability": node.reachability,
+        "relays": sorted(str(peer) for peer in node.relay_client.reservations),
+        "relay_service": None
+        if node.relay_service is None
+        else {
+            "reservations": len(node.relay_service.book.reservations(time.time())),
+            "relayed_bytes": node.relay_service.relayed_bytes,
+            "circuits_cut": node.relay_service.circuits_cut,
+        },
     }
 
 
@@ -123,6 +132,8 @@ def _describe(status: dict[str, Any]) -> str:
     lines = [
         f"{status['peer_id']}: up {status['uptime_s']:g} s, {len(status['connections'])} "
         f"connections, {status['streams']} streams, {status['tasks_running']} tasks running",
+        f"  reachability: {status.get('reachability', 'unknown')}"
+        + "".join(f"; relayed via {r}" for r in status.get("relays", ())),
         *(f"  listening on {a}" for a in status["addrs"]),
         *(
             f"  {c['direction']:8} {c['peer_id']} {c['muxer']} {c['addr']} "

@@ -217,4 +217,3 @@ class StreamTransport(asyncio.Transport):
         if protocol is not None:
             with contextlib.suppress(Exception):
                 protocol.connection_lost(error)
-

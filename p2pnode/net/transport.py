@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import socket
 from collections import Counter
@@ -27,6 +28,7 @@ from p2pnode.errors import (
     NegotiationError,
     P2PError,
     P2PTimeoutError,
+    PeerIdMismatchError,
 )
 from p2pnode.net.connection import Connection, InboundStreamHandler
 from p2pnode.net.limits import Limits, PeerBudgets, Refusals
@@ -314,19 +316,32 @@ async def upgrade_transport(
 
 
 async def dial(
-    addr: Multiaddr, config: TransportConfig, on_inbound_stream: InboundStreamHandler
+    addr: Multiaddr,
+    config: TransportConfig,
+    on_inbound_stream: InboundStreamHandler,
+    *,
+    local_port: int | None = None,
+    as_initiator: bool = True,
 ) -> Connection:
-    """Connect to ``addr`` and upgrade; the remote must prove the /p2p id if the address has one."""
+    """Connect to ``addr`` and upgrade; the remote must prove the /p2p id if the address has one.
+
+    ``local_port``: send from this port (a listener's, for a TCP simultaneous open when
+    hole punching), sharing it by SO_REUSEADDR and SO_REUSEPORT. ``as_initiator``: the
+    role in the upgrade (Noise, multistream, muxer); DCUtR makes one side of a
+    simultaneous open the responder, though both sides dialed.
+    """
     unsupported = addr.unsupported_part()
     if unsupported is not None:
         raise MultiaddrError(f"cannot dial {addr}: {unsupported}")
     host, port = addr.tcp_host_port()
     loop = asyncio.get_running_loop()
     try:
-        _, raw = await asyncio.wait_for(
-            loop.create_connection(_HandshakeProtocol, host, port),
-            timeout=config.handshake_timeout,
+        connecting = (
+            loop.create_connection(_HandshakeProtocol, host, port)
+            if local_port is None
+            else _connect_from(loop, host, port, local_port)
         )
+        _, raw = await asyncio.wait_for(connecting, timeout=config.handshake_timeout)
     except TimeoutError:
         raise DialError(f"could not connect to {addr}: timed out") from None
     except OSError as exc:
@@ -335,10 +350,10 @@ async def dial(
             f"could not connect to {addr}: {reason}; check that the peer runs and listens there"
         ) from None
     try:
-        return await upgrade(
+        conn = await upgrade(
             raw,
             config,
-            is_initiator=True,
+            is_initiator=as_initiator,
             expected_peer=addr.peer_id,
             on_inbound_stream=on_inbound_stream,
         )
@@ -348,6 +363,51 @@ async def dial(
         raise HandshakeError(f"handshake with {addr} failed: {exc}") from exc
     except P2PError as exc:
         raise HandshakeError(f"handshake with {addr} failed: {exc}") from exc
+    if addr.peer_id is not None and conn.remote_peer != addr.peer_id:
+        # the Noise responder does not check whom it expected: the dialer must
+        await conn.close()
+        raise PeerIdMismatchError(
+            f"dialed {addr.peer_id} at {addr} but the peer proved to be {conn.remote_peer}"
+        )
+    return conn
+
+
+def _reusable_socket(family: int) -> socket.socket:
+    """A non-blocking TCP socket that may share its port with a listener and other dials."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connect_from(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, local_port: int
+) -> tuple[asyncio.BaseTransport, _HandshakeProtocol]:
+    """``create_connection`` from ``local_port``: asyncio binds no port it can share."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    family, _, _, _, sockaddr = infos[0]
+    sock = _reusable_socket(family)
+    try:
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
+        await loop.sock_connect(sock, sockaddr)
+        return await loop.create_connection(_HandshakeProtocol, sock=sock)
+    except OSError as exc:
+        sock.close()
+        if exc.errno != errno.EADDRNOTAVAIL:
+            raise
+        # that port already has a connection to this address: send from another one
+        return await loop.create_connection(_HandshakeProtocol, host, port)
+    except BaseException:
+        sock.close()
+        raise
 
 
 class Listener:
@@ -445,7 +505,15 @@ async def listen(
 
     family = socket.AF_INET6 if addr.value_for("ip6") is not None else socket.AF_INET
     try:
-        server = await loop.create_server(accept, host, port, family=family, reuse_address=True)
+        # SO_REUSEPORT: dials for a hole punch send from this port (see dial's local_port)
+        server = await loop.create_server(
+            accept,
+            host,
+            port,
+            family=family,
+            reuse_address=True,
+            reuse_port=hasattr(socket, "SO_REUSEPORT"),
+        )
     except OSError as exc:
         raise DialError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
     return Listener(server, handshakes)

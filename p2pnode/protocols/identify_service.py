@@ -25,6 +25,7 @@ from p2pnode.protocols.identify import IdentifyInfo
 from p2pnode.routing.peerstore import IDENTIFY_TTL
 from p2pnode.wire.framing import encode_frame
 from p2pnode.wire.identity import PeerId
+from p2pnode.wire.multiaddr import Multiaddr
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class IdentifyService:
         self._host = host
         self._describe = describe
         self.on_connect = False
+        # told what each identified peer says it sees us at, with the connection it used
+        self.on_observed: Callable[[Connection, Multiaddr], None] | None = None
         self._subscribers: list[Identified] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._identifying: set[PeerId] = set()
@@ -73,6 +76,10 @@ class IdentifyService:
         except BaseException:
             stream.reset()
             raise
+        if info.observed_addr is not None and self.on_observed is not None:
+            connection = stream.connection
+            assert isinstance(connection, Connection)
+            self.on_observed(connection, info.observed_addr)
         self._learn(stream.remote_peer, info)
         return info
 

@@ -27,6 +27,7 @@ from p2pnode.errors import (
     DecodeError,
     DialError,
     P2PError,
+    ProtocolNotSupportedError,
     RecordError,
 )
 from p2pnode.net.connection import Connection
@@ -123,6 +124,11 @@ class RelayClient:
         self._host.set_handler(STOP_PROTOCOL, self.handle_stop)
 
     @property
+    def kept(self) -> set[PeerId]:
+        """Relays :meth:`keep` holds (or tries to hold) a slot on."""
+        return set(self._keepers)
+
+    @property
     def relayed_addrs(self) -> list[Multiaddr]:
         """Our addresses through every relay we hold a slot on."""
         now = self._clock()
@@ -134,7 +140,7 @@ class RelayClient:
         """Ask ``relay`` for a slot; RelayRefusedError or DialError when it says no."""
         conn = await self._host.connect(relay)
         relay_id = conn.remote_peer
-        stream = await conn.new_stream([HOP_PROTOCOL])
+        stream = await _open_hop(conn)
         try:
             async with asyncio.timeout(EXCHANGE_TIMEOUT):
                 await stream.write(encode_frame(encode_hop(HopMessage(HopType.RESERVE))))
@@ -247,7 +253,7 @@ class RelayClient:
             relay_conn = await self._host.connect(relay)
         if relay_conn.limited:
             raise DialError(f"cannot dial {addr}: the relay itself is reached only via a relay")
-        stream = await relay_conn.new_stream([HOP_PROTOCOL])
+        stream = await _open_hop(relay_conn)
         try:
             request = HopMessage(HopType.CONNECT, peer=RelayPeer(target))
             async with asyncio.timeout(EXCHANGE_TIMEOUT):
@@ -285,10 +291,10 @@ class RelayClient:
             await _answer_stop(stream, Status.PERMISSION_DENIED)
             return
         source = message.peer.peer_id
-        await stream.write(encode_frame(encode_stop(StopMessage(StopType.STATUS, status=Status.OK))))
-        remote = stream.connection.remote_addr.encapsulate(
-            f"/p2p/{relay}/p2p-circuit/p2p/{source}"
+        await stream.write(
+            encode_frame(encode_stop(StopMessage(StopType.STATUS, status=Status.OK)))
         )
+        remote = stream.connection.remote_addr.encapsulate(f"/p2p/{relay}/p2p-circuit/p2p/{source}")
         local = stream.connection.local_addr.encapsulate(f"/p2p/{relay}/p2p-circuit")
         try:
             conn = await self._upgrade_circuit(
@@ -330,6 +336,16 @@ class RelayClient:
             raise
         conn.limited = True
         return conn
+
+
+async def _open_hop(relay: Connection) -> Stream:
+    try:
+        return await relay.new_stream([HOP_PROTOCOL])
+    except ProtocolNotSupportedError:
+        raise DialError(
+            f"{relay.remote_peer} is not a relay: it does not serve {HOP_PROTOCOL} "
+            "(circuit relay v2); use a relay's address, e.g. of a node run with --relay-service"
+        ) from None
 
 
 async def _read_hop(stream: Stream, relay: PeerId) -> HopMessage:
