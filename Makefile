@@ -7,7 +7,7 @@ JS_DIR := tests/interop/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
 P2PD_STAMP := tests/interop/go/bin/.installed-hivemind-1.1.12
 
-.PHONY: venv js-peer go-peer py-peer lint typecheck test test-fast demo bench bench-setup bench-quick clean
+.PHONY: venv js-peer go-peer py-peer lint typecheck test test-fast demo demo-nat bench bench-setup bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test-fast: venv
 
 demo: venv
 	$(PY) -m p2pnode.demo
+
+# two agents behind two NATs: a relay, then a hole punch (namespaces + nftables; root)
+demo-nat: venv
+	@command -v nft >/dev/null || apt-get install -y -qq nftables
+	$(PY) -m p2pnode.demo.nat
 
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_JS_STAMP := bench/js/node_modules/.installed

@@ -1,7 +1,7 @@
 """One node of the NAT demo and tests: ``python -m p2pnode.demo.nat_peer CONFIG_JSON``.
 
 It runs a node with an echo task handler, prints JSON lines (``listening``,
-``reachability``, ``addresses``, ``connected``, ``disconnected``, ``direct``) and
+``reachability``, ``addresses``, ``identified``, ``connected``, ``disconnected``) and
 answers JSON commands read from stdin, one per line:
 
 - ``{"cmd": "task", "peer": ID, "size": N}``: a task of N bytes to peer ID (found through
@@ -11,7 +11,8 @@ answers JSON commands read from stdin, one per line:
 
 The config: ``listen``, ``bootstrap`` (list), ``relay_service``, ``relays`` (list),
 ``observed_threshold``, ``autonat_boot_delay``, ``autonat_dial_timeout``,
-``relay_limit_data`` (bytes per direction, with relay_service).
+``relay_limit_data`` (bytes per direction, with relay_service), ``hole_punching``,
+``dht_server``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def _config(settings: dict[str, Any]) -> NodeConfig:
         dht=DhtConfig(bootstrap=bootstrap, mode=mode, bootstrap_retry=0.5),
         relay_service=relay_limits,
         relays=list(settings.get("relays", ())),
+        hole_punching=settings.get("hole_punching", True),
         autonat_service=True,
         reachability_checks=True,
         private_network=True,  # the namespaces' "public" segment uses private IPs
@@ -66,7 +68,13 @@ async def _task(node: Node, command: dict[str, Any]) -> None:
     payload = bytes(range(256)) * (command.get("size", 64) // 256) or b"x" * command["size"]
     started = time.monotonic()
     try:
-        result = await node.run_task(peer, payload, timeout=command.get("timeout", 60))
+        result = await node.run_task(
+            peer,
+            payload,
+            timeout=command.get("timeout", 60),
+            max_output=len(payload) + 1024,
+            stream=len(payload) > 1 << 20,
+        )
         output = result.data if hasattr(result, "data") else bytes(result)
     except P2PError as exc:
         emit("task", ok=False, error=str(exc), ms=round((time.monotonic() - started) * 1e3, 2))
@@ -112,7 +120,14 @@ async def main(settings: dict[str, Any]) -> None:
             "addresses",
             addrs=[str(a) for a in addrs],
             reachability=node.reachability,
-            relays=[str(p) for p in node.relay_client.reservations],
+            relays=sorted(str(p) for p in node.relay_client.reservations),
+        )
+    )
+    node.identify_service.subscribe(
+        lambda peer, info: emit(
+            "identified",
+            peer=str(peer),
+            relayed=any(a.is_circuit for a in info.listen_addrs),
         )
     )
     if node.nat.monitor is not None:

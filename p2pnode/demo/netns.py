@@ -7,13 +7,17 @@ range routed over it. Needs root (or ``unshare -rn``) and iproute2's ``ip``.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
+from typing import Any
 
 _serial = count()
 
@@ -96,3 +100,44 @@ def two_hosts(subnet: str = "10.213") -> Iterator[tuple[Host, Host]]:
     finally:
         for name in created:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+class Process:
+    """A subprocess printing JSON lines (read with :meth:`event`), stopped by its PID."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, env=env
+        )
+        self._buffer = b""
+
+    def event(self, name: str, /, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
+        """The next JSON line with ``"event": name`` (and the given fields)."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                event = json.loads(line)
+                if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
+                    return dict(event)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {name!r} event within {timeout}s")
+            ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    stderr = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise AssertionError(f"process ended before a {name!r} event: {stderr}")
+                self._buffer += chunk
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

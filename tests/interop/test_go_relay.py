@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.interop
 ECHO = "/test/echo/1.0.0"
 PING = "/ipfs/ping/1.0.0"
 TIMEOUT = 30
+GO_BOOT_DELAY = 180  # seconds: go-libp2p autorelay's default boot delay
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
 
@@ -146,11 +148,14 @@ async def test_go_reserves_on_a_p2pnode_relay_and_p2pnode_reaches_it(
         "-forceReachabilityPrivate",
         "-dhtClient",
     ]  # fmt: skip  (go wants a DHT for autorelay)
-    async with P2pd(key, extra_args=args) as go, asyncio.timeout(12):
+    # go's autorelay takes a slot at once only with as many candidates as it wants; this
+    # p2pd build wants one more than the relays given, so it reserves when its boot delay
+    # (3 min, go's default) ends: measured 179-180 s. The test waits for that.
+    async with P2pd(key, extra_args=args) as go, asyncio.timeout(GO_BOOT_DELAY + 40):
         await go.add_handler(ECHO, go_echo)
         assert relay.relay_service is not None
-        while go_id not in relay.relay_service.book.reservations(__import__("time").time()):
-            await asyncio.sleep(0.05)  # go's autorelay reserves in the background
+        while go_id not in relay.relay_service.book.reservations(time.time()):
+            await asyncio.sleep(0.2)  # go's autorelay reserves in the background
         conn = await b.dial(f"{addr_of(relay)}/p2p-circuit/p2p/{go_id}")
         assert conn.limited and conn.remote_peer == go_id
         stream = await b.new_stream(go_id, [ECHO])

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from p2pnode.errors import DiscoveryError, LocalProtocolError, P2PError
+from p2pnode.errors import DiscoveryError, IdentityError, LocalProtocolError, P2PError
 from p2pnode.net.addresses import expand_wildcards
 from p2pnode.net.host import Host
 from p2pnode.net.stream import Stream
@@ -436,11 +436,27 @@ class KadDHT:
         peers = self.table.closest(kad_key(key), self.config.k + 1)
         return tuple(self._peer_info(p) for p in peers if p != sender)[: self.config.k]
 
+    def _connected_target(self, key: bytes, sender: PeerId) -> PeerInfo | None:
+        """The peer a FIND_NODE names, when we are connected to it (a DHT client, say a
+        private node reachable through its relay, is in no routing table)."""
+        try:
+            target = PeerId.from_bytes(key)
+        except (IdentityError, ValueError):
+            return None
+        if target == sender or not any(c.is_usable for c in self._host.connections(target)):
+            return None
+        info = self._peer_info(target)
+        return info if info.addrs else None
+
     def _answer(self, sender: PeerId, request: Message) -> Message | None:
         """The answer to one request (None: ADD_PROVIDER, which gets none)."""
         kind, key, now = request.type, request.key, time.monotonic()
         if kind is MessageType.FIND_NODE:
-            return Message(kind, key=key, closer_peers=self._closer(key, sender))
+            closer = self._closer(key, sender)
+            target = self._connected_target(key, sender)
+            if target is not None and all(p.peer_id != target.peer_id for p in closer):
+                closer = (*closer, target)  # as go does: a connected peer, table or not
+            return Message(kind, key=key, closer_peers=closer)
         if kind is MessageType.GET_PROVIDERS:
             providers = tuple(self.providers.get(key, now, self.config.k))
             return Message(
