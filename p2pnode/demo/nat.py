@@ -106,13 +106,21 @@ def main() -> None:
         for addr in slot["addrs"]:
             if "p2p-circuit" in addr:
                 print(f"    {addr}")
+        for public in (relay, peers["bootstrap"]):  # they hear of the slot by identify push
+            public.process.event("identified", timeout=10, peer=a.peer_id, relayed=True)
         task = b.ask("task", cmd="task", peer=a.peer_id, size=64)
+        if not task["ok"]:
+            raise SystemExit(f"demo-nat: the relayed task failed: {task.get('error')}")
         print(f"B finds A in the DHT, task via relay    {task['ms']:7.0f} ms  ok={task['ok']}")
         direct = b.ask("direct", wait=35, cmd="wait_direct", peer=a.peer_id, timeout=30)
-        print(f"hole punched, B-A direct (DCUtR)       +{direct.get('ms', 0):7.0f} ms")
-        print(f"    {direct.get('addr')}")
+        if not direct["ok"]:
+            raise SystemExit("demo-nat: no direct connection: the hole punch failed")
+        print(f"hole punched, B-A direct (DCUtR)       +{direct['ms']:7.0f} ms")
+        print(f"    {direct['addr']}")
         big = b.ask("task", wait=70, cmd="task", peer=a.peer_id, size=32 << 20, timeout=60)
-        rate = 2 * 32 / (big["ms"] / 1e3) if big["ok"] else 0
+        if not big["ok"]:
+            raise SystemExit(f"demo-nat: the 32 MiB task failed: {big.get('error')}")
+        rate = 2 * 32 / (big["ms"] / 1e3)
         print(f"32 MiB task, direct through both NATs   {big['ms']:7.0f} ms  ({rate:.0f} MiB/s)")
 
 
