@@ -12,6 +12,10 @@ from p2pnode.errors import ConnectionClosedError, DialError, P2PError, StreamRes
 from p2pnode.net.stream import Stream
 from p2pnode.node import Node
 from p2pnode.protocols.relay.client import RelayRefusedError
+from p2pnode.protocols.task import client2
+from p2pnode.protocols.task.handlers import EchoHandler
+from p2pnode.protocols.task.messages import TaskRefusedError
+from p2pnode.protocols.task.server import TaskServer
 from p2pnode.wire.framing import encode_frame
 from p2pnode.wire.identity import Identity
 from p2pnode.wire.multiaddr import Multiaddr
@@ -43,8 +47,10 @@ async def echo(stream: Stream) -> None:
 async def trio() -> AsyncIterator[tuple[Node, Node, Node]]:
     """A relay R, a peer A holding a slot on R, and a peer B that knows only A's circuit."""
     relay = await start_node(relay_service=RelayLimits())
-    a = await start_node()
-    b = await start_node()
+    # no hole punching: on loopback it would turn every relayed connection into a direct
+    # one at once (test_hole_punching_replaces_a_relayed_connection shows it)
+    a = await start_node(hole_punching=False)
+    b = await start_node(hole_punching=False)
     a.set_handler(ECHO, echo)
     try:
         yield relay, a, b
@@ -256,3 +262,47 @@ async def _wait_for(condition: object, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():  # type: ignore[operator]
             await asyncio.sleep(0.02)
+
+
+async def test_a_task_too_large_for_the_relay_waits_for_a_direct_connection(
+    trio: tuple[Node, Node, Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay, a, b = trio
+    TaskServer(a, {"default": EchoHandler()}).install()
+    await a.relay_client.reserve(Multiaddr.from_string(addr_of(relay)))
+    await b.dial(circuit_of(relay, a))
+    small = await b.run_task(a.peer_id, b"fits")
+    assert small.data == b"fits"
+    monkeypatch.setattr(client2, "DIRECT_WAIT", 0.3)
+    large = bytes(200 * 1024)  # the relay carries 128 KiB per direction
+    with pytest.raises(TaskRefusedError, match=r"128 KiB per direction.*no direct connection"):
+        await b.run_task(a.peer_id, large)
+    monkeypatch.setattr(client2, "DIRECT_WAIT", 10.0)
+    pending = asyncio.ensure_future(b.run_task(a.peer_id, large, max_output=len(large) + 64))
+    await asyncio.sleep(0)  # the task is waiting for a direct connection
+    direct = await b.dial(addr_of(a))  # (what a hole punch would bring)
+    assert (await asyncio.wait_for(pending, 10)).data == large
+    assert not direct.limited and relay.relay_service is not None
+    assert relay.relay_service.relayed_bytes < 64 * 1024  # the large input went direct
+
+
+async def test_hole_punching_replaces_a_relayed_connection() -> None:
+    relay = await start_node(relay_service=RelayLimits())
+    a, b = await start_node(), await start_node()
+    a.set_handler(ECHO, echo)
+    try:
+        await a.relay_client.reserve(Multiaddr.from_string(addr_of(relay)))
+        relayed = await b.dial(circuit_of(relay, a))
+        assert relayed.limited
+        # A received the relayed connection: it runs DCUtR, B dials at SYNC
+        await _wait_for(lambda: sum(a.nat.punches.values()) > 0)
+        assert a.nat.punches == {"succeeded": 1, "failed": 0}, (a.nat.punches, b.nat.punches)
+        await _wait_for(lambda: any(not c.limited for c in b.connections(a.peer_id)))
+        direct = b._usable_connection(a.peer_id)
+        assert direct is not None and not direct.limited
+        stream = await b.new_stream(a.peer_id, [ECHO])
+        assert stream.connection is direct
+        assert await roundtrip(stream, b"direct") == b"direct"
+    finally:
+        for node in (b, a, relay):
+            await node.stop()

@@ -54,7 +54,7 @@ def _config(settings: dict[str, Any]) -> NodeConfig:
         relays=list(settings.get("relays", ())),
         hole_punching=settings.get("hole_punching", True),
         autonat_service=True,
-        reachability_checks=True,
+        reachability_checks=settings.get("reachability_checks", True),
         private_network=True,  # the namespaces' "public" segment uses private IPs
         observed_threshold=settings.get("observed_threshold", 2),
         autonat_boot_delay=settings.get("autonat_boot_delay", 1.0),

@@ -13,6 +13,7 @@ import select
 import shutil
 import subprocess
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class Process:
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, env=env
         )
         self._buffer = b""
+        self.seen: deque[dict[str, Any]] = deque(maxlen=1000)  # every event read, in order
 
     def event(self, name: str, /, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
         """The next JSON line with ``"event": name`` (and the given fields)."""
@@ -119,6 +121,7 @@ class Process:
             while b"\n" in self._buffer:
                 line, self._buffer = self._buffer.split(b"\n", 1)
                 event = json.loads(line)
+                self.seen.append(event)
                 if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
                     return dict(event)
             remaining = deadline - time.monotonic()

@@ -107,6 +107,7 @@ class Connection(asyncio.BufferedProtocol):
         self.muxer_in_handshake = False  # chosen inside Noise, not by multistream-select
         # a relayed circuit: the relay caps its duration and data (see protocols.relay)
         self.limited = False
+        self.limit_bytes: int | None = None  # what such a circuit carries per direction
         self.negotiating_streams = 0  # inbound streams still choosing a protocol (Node's count)
         # every open connection to the same peer, this one included (the Node keeps it)
         self.siblings: list[Connection] = [self]

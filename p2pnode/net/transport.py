@@ -379,6 +379,9 @@ def _reusable_socket(family: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # asyncio turns Nagle off only on sockets it makes itself: with it on, a small
+        # write waiting for the peer's delayed ACK cost 40 ms per relayed task (measured)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -258,31 +258,49 @@ class NatTraversal:
     ) -> Connection:
         """One hole-punch dial: from the listen port, to each address at once."""
         port = self._listen_port_for(addrs[0]) if addrs else None
-        attempts = [
+        dials = {
             asyncio.ensure_future(self._raw_dial(a.with_peer_id(peer), port, initiator))
             for a in addrs
-        ]
+        }
+        # our SYN may meet the peer's listener instead of its SYN (no NAT in between, or
+        # one that forwards): its own dial then reaches our listener, and that
+        # connection, registered by the node, is the direct one
+        accepted = asyncio.ensure_future(self._accepted_from(peer))
+        pending: set[asyncio.Future[Connection]] = {*dials, accepted}
         winner: Connection | None = None
         errors: list[str] = []
         try:
-            for attempt in asyncio.as_completed(attempts):
-                try:
-                    winner = await attempt
-                    break
-                except P2PError as exc:
-                    errors.append(str(exc))
+            while winner is None and pending & dials:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if accepted in done:
+                    return accepted.result()
+                for dial in done:
+                    if dial.exception() is None:
+                        winner = winner or dial.result()
+                    elif isinstance(dial.exception(), P2PError | OSError):
+                        errors.append(str(dial.exception()))
+                    else:
+                        raise dial.exception()  # type: ignore[misc]
         finally:
-            for attempt in attempts:
-                attempt.cancel()
-            for attempt in attempts:
+            for task in pending:
+                task.cancel()
+            for dial in dials:
                 with contextlib.suppress(BaseException):
-                    extra = await attempt
+                    extra = await dial
                     if extra is not winner:
                         await extra.close()
         if winner is None:
             raise DialError(f"no direct connection to {peer}: " + "; ".join(errors))
         self._adopt(winner, winner.remote_addr)
         return winner
+
+    async def _accepted_from(self, peer: PeerId) -> Connection:
+        """A direct connection from ``peer`` once the node has one (checked every 10 ms)."""
+        while True:
+            for conn in self._host.connections(peer):
+                if conn.is_usable and not conn.limited:
+                    return conn
+            await asyncio.sleep(0.01)
 
 
 async def _retire(conn: Connection) -> None:

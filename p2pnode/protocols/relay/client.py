@@ -335,6 +335,7 @@ class RelayClient:
                 transport.abort()
             raise
         conn.limited = True
+        conn.limit_bytes = None if limit is None else limit.data
         return conn
 
 

@@ -24,6 +24,7 @@ from p2pnode.protocols.task.messages import (
     MAX_RESPONSE_SIZE,
     PROTOCOL_ID,
     TaskError,
+    TaskRefusedError,
     TaskTimeoutError,
     new_task_id,
     task_error,
@@ -48,11 +49,19 @@ from p2pnode.protocols.task.messages2 import (
 from p2pnode.protocols.task.session2 import ClientSession, frame
 
 if TYPE_CHECKING:
+    from p2pnode.net.connection import Connection
     from p2pnode.net.host import Host, PeerLike
     from p2pnode.net.stream import Stream
 
 InputLike = str | bytes | Part | Sequence[Part]
 T = TypeVar("T")
+
+# Over a relayed (limited) connection, an input beyond this share of the relay's cap
+# waits up to DIRECT_WAIT s for a direct connection (hole punching), checked every
+# DIRECT_POLL s, rather than being cut by the relay halfway.
+RELAY_SHARE = 0.75
+DIRECT_WAIT = 10.0
+DIRECT_POLL = 0.05
 
 
 class TaskOutput(msgspec.Struct):
@@ -128,6 +137,8 @@ class TaskCall:
         self._deadline = None if self.timeout is None else loop.time() + self.timeout
         started = time.perf_counter()
         conn = await self._timed(self.node.connect(self.peer))
+        if conn.limited:
+            conn = await self._timed(self._past_relay_limit(conn))
         connected = time.perf_counter()
         self.connect_ms = round((connected - started) * 1000, 3)
         self.peer_id = str(conn.remote_peer)
@@ -159,6 +170,8 @@ class TaskCall:
         self._deadline = None if self.timeout is None else loop.time() + self.timeout
         started = time.perf_counter()
         conn = await self._timed(self.node.connect(self.peer))
+        if conn.limited:
+            conn = await self._timed(self._past_relay_limit(conn))
         connected = time.perf_counter()
         self.connect_ms = round((connected - started) * 1000, 3)
         self.peer_id = str(conn.remote_peer)
@@ -192,6 +205,33 @@ class TaskCall:
         self.round_trip_ms = round((time.perf_counter() - connected) * 1000, 3)
         await _await_peer_close(stream)
         return gathered.output(self)
+
+    async def _past_relay_limit(self, relayed: Connection) -> Connection:
+        """``relayed`` when the input fits its relay's cap; else a direct connection to the
+        peer once there is one (hole punching runs meanwhile), within DIRECT_WAIT s."""
+        cap = relayed.limit_bytes
+        size = sum(part.size for part in self.parts)
+        if self.input_chunks is None and (cap is None or size <= cap * RELAY_SHARE):
+            return relayed
+        try:
+            async with asyncio.timeout(DIRECT_WAIT):
+                while True:
+                    for conn in self.node.connections(relayed.remote_peer):
+                        if conn.is_usable and not conn.limited:
+                            return conn
+                    await asyncio.sleep(DIRECT_POLL)
+        except TimeoutError:
+            pass
+        what = "a streamed input" if self.input_chunks is not None else f"{size} bytes of input"
+        limit = "an unknown amount" if cap is None else f"{cap // 1024} KiB per direction"
+        raise TaskRefusedError(
+            "relay_limit",
+            f"task {self.task_id}: {what} would exceed what the relay to "
+            f"{relayed.remote_peer} carries ({limit}), and no direct connection came within "
+            f"{DIRECT_WAIT:g} s (hole punching failed or is off); send less, or reach the "
+            "peer directly",
+            self.task_id,
+        )
 
     async def _next_events(self, stream: Stream, session: ClientSession) -> list[ServerEvent]:
         """The checked events of the next read (DecodeError at an end before a terminal one)."""
