@@ -162,6 +162,7 @@ class KadDHT:
             and event.kind == "connected"
             and event.direction == "inbound"
             and not _is_loopback(event.addr)
+            and not event.addr.is_circuit  # through a relay: that says nothing of us
         ):
             self.set_server_mode(True)
 
