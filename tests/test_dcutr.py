@@ -189,7 +189,7 @@ def test_initiator_sends_its_addresses_and_dials_half_an_rtt_after_sync() -> Non
     assert machine.state is State.DONE
 
 
-def test_three_attempts_each_measuring_the_rtt_the_last_as_client() -> None:
+def test_three_attempts_each_measuring_the_rtt_server_client_server() -> None:
     machine = HolePunchInitiator(B_ADDRS)
     assert machine.start() == [OpenStream(1)]
     dials = []
@@ -202,7 +202,7 @@ def test_three_attempts_each_measuring_the_rtt_the_last_as_client() -> None:
         if attempt < MAX_ATTEMPTS:
             assert after == [OpenStream(attempt + 1)] and machine.state is State.IDLE
     assert after == [GiveUp(3)] and machine.state is State.FAILED
-    assert [d.as_initiator for d in dials] == [False, False, True]
+    assert [d.as_initiator for d in dials] == [False, True, False]
     with pytest.raises(LocalProtocolError):
         machine.dial_failed()
 
@@ -287,6 +287,19 @@ def test_responder_answers_connect_and_dials_as_client_when_sync_arrives() -> No
     assert actions == [CloseStream(), DialAt(tuple(B_ADDRS), 5.3, True, 1)]
     assert machine.rtt == pytest.approx(0.3)
     assert machine.state is State.DONE
+
+
+@pytest.mark.parametrize(("attempt", "client"), [(1, True), (2, False), (3, True)])
+def test_the_responders_role_alternates_with_the_exchanges_on_a_connection(
+    attempt: int, client: bool
+) -> None:
+    # go-libp2p v0.32's initiator dials as client every time, the spec's as server, then
+    # client: alternating, one of our first two attempts meets either
+    machine = HolePunchResponder(A_ADDRS, attempt)
+    b_connect = encode_message(HolePunch(MessageType.CONNECT, (B_ADDRS[0].to_bytes(),)))
+    machine.receive_data(b_connect, 1.0)
+    actions = machine.receive_data(SYNC, 1.1)
+    assert actions[-1] == DialAt(tuple(B_ADDRS), 1.1, client, attempt)
 
 
 def test_responder_takes_both_messages_in_one_read_and_byte_by_byte() -> None:
@@ -609,11 +622,12 @@ async def test_hole_punch_tries_three_times_then_gives_up() -> None:
     try:
         with pytest.raises(HolePunchFailedError, match="3 times"):
             await asyncio.wait_for(hole_punch(b, relayed, b.listen_addrs, punch.dial_b), 10)
-        assert punch.roles["b"] == [False, False, True]  # the last attempt as client
+        # opposite roles on every attempt, alternating (see p2pnode.wire.dcutr)
+        assert punch.roles["b"] == [False, True, False]
         async with asyncio.timeout(5):
             while len(outcomes) < 3:
                 await asyncio.sleep(0.001)
-        assert outcomes == [None, None, None] and punch.roles["a"] == [True] * 3
+        assert outcomes == [None, None, None] and punch.roles["a"] == [True, False, True]
         assert relayed.is_usable  # the relayed connection stays
     finally:
         await service.close()

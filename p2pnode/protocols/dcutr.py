@@ -190,6 +190,7 @@ class DcutrService:
         self._dial_direct = dial_direct
         self.require_relayed = require_relayed
         self._tasks: set[asyncio.Task[None]] = set()
+        self._exchanges: dict[Connection, int] = {}  # DCUtR streams seen per relayed connection
         self._closed = False
         # told of every hole punch this side finished: (peer, connection or None)
         self.on_result: Callable[[PeerId, Connection | None], None] | None = None
@@ -223,8 +224,11 @@ class DcutrService:
             log.info("refused a DCUtR stream from %s on %r", stream.remote_peer, conn)
             stream.reset()
             return
+        self._exchanges[conn] = attempt = self._exchanges.get(conn, 0) + 1
+        if attempt == 1:
+            conn.on_close(self._forget)
         try:
-            machine = HolePunchResponder(self._addrs())
+            machine = HolePunchResponder(self._addrs(), attempt)
         except LocalProtocolError as exc:
             log.info("cannot hole punch with %s: %s", stream.remote_peer, exc)
             stream.reset()
@@ -243,6 +247,9 @@ class DcutrService:
         task = asyncio.create_task(self._punch(stream.remote_peer, dial))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _forget(self, conn: Connection) -> None:
+        self._exchanges.pop(conn, None)
 
     async def _punch(self, peer: PeerId, dial: DialAt) -> None:
         await _wait_until(asyncio.get_running_loop(), dial.when)

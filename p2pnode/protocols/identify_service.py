@@ -46,7 +46,7 @@ class IdentifyService:
         self._host = host
         self._describe = describe
         self.on_connect = False
-        self.inbound_delay = 0.0  # seconds before an inbound connection is identified
+        self.on_outbound = False  # identify the peers of connections we dial
         # told what each identified peer says it sees us at, with the connection it used
         self.on_observed: Callable[[Connection, Multiaddr], None] | None = None
         self._subscribers: list[Identified] = []
@@ -85,14 +85,14 @@ class IdentifyService:
         return info
 
     def connected(self, conn: Connection) -> None:
-        """A new connection: identify its peer in the background when ``on_connect``
-        (an inbound one after ``inbound_delay`` s, off the path of its first requests)."""
+        """A new connection: identify its peer in the background when ``on_connect`` (or
+        ``on_outbound``, for a connection we dialed)."""
         peer = conn.remote_peer
-        if not self.on_connect or self._closed or peer in self._identifying:
+        wanted = self.on_connect or (self.on_outbound and conn.is_initiator)
+        if not wanted or self._closed or peer in self._identifying:
             return
         self._identifying.add(peer)
-        delay = 0.0 if conn.is_initiator else self.inbound_delay
-        self._spawn(self._identify_quietly(peer, conn, delay))
+        self._spawn(self._identify_quietly(peer, conn))
 
     def changed(self) -> None:
         """What this node serves changed: push the news to connected peers (coalesced)."""
@@ -119,15 +119,11 @@ class IdentifyService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _identify_quietly(self, peer: PeerId, conn: Connection, delay: float = 0) -> None:
+    async def _identify_quietly(self, peer: PeerId, conn: Connection) -> None:
         # over the new connection itself: an older one to the same PeerId may lead to a
         # previous run of that peer (restarted elsewhere, its old connection not yet seen
         # to be dead), whose answer would keep its stale addresses in the peer store
         try:
-            if delay:
-                await asyncio.sleep(delay)
-                if not conn.is_usable:
-                    return
             await self.identify(peer, conn)
         except (P2PError, TimeoutError, OSError) as exc:
             log.debug("identify of %s failed: %s", peer, exc)

@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 RELAYED_GRACE = 5.0  # seconds a relayed connection stays after a direct one exists
 AUTO_RELAYS = 2  # relays to hold slots on when private and none were configured
 PUNCH_TIMEOUT = 30.0
-# inbound connections are identified after this long: not in the way of the first task
-# a short-lived client (send-task) came for, which is often all it does
-INBOUND_IDENTIFY_DELAY = 0.5
 
 # (address, local port or None, as security initiator) -> a connection, not registered
 RawDial = Callable[[Multiaddr, int | None, bool], Awaitable[Connection]]
@@ -92,8 +89,11 @@ class NatTraversal:
                 host, self._dial_back, policy, dial_timeout=options.autonat_dial_timeout
             ).register()
         if options.reachability_checks:
-            identify_service.on_connect = True  # what peers see us at, and what they serve
-            identify_service.inbound_delay = INBOUND_IDENTIFY_DELAY
+            # what the peers we dial (from the listen port) see us at, and what they
+            # serve (AutoNAT, relaying); inbound connections are not identified for it:
+            # a short client (send-task) came for its task, and an attacker would get a
+            # stream's receive window more from us
+            identify_service.on_outbound = True
             identify_service.on_observed = self._observed
 
     def start(self) -> None:

@@ -16,9 +16,13 @@ Which side is the *security* initiator of the punched connection: both sides cal
 The spec makes A the client and B the server. go-libp2p (``p2p/protocol/holepunch``)
 does the same: A's stream handler dials with the simultaneous-connect flag as client,
 B's hole puncher dials as server, and its TCP transport turns "server" into an
-inbound-direction upgrade (Noise responder, multistream listener, yamux server). On
-B's third and last attempt go-libp2p dials as client instead, to meet go-libp2p
-releases before v0.41 which had the two roles the other way round; we do the same.
+inbound-direction upgrade (Noise responder, multistream listener, yamux server).
+go-libp2p before v0.41 had the roles the other way round (measured against v0.32.1:
+its B dials as client on every attempt, its A as server), so both generations are
+met by alternating: our B is server on attempts 1 and 3 and client on attempt 2, our
+A (counting the exchanges on one relayed connection) client on 1 and 3 and server on
+2. Two p2pnode peers agree on the first attempt; against either go generation one of
+the first two attempts has opposite roles.
 """
 
 from __future__ import annotations
@@ -291,8 +295,8 @@ class HolePunchInitiator(_Machine):
             DialAt(
                 self.remote_addrs,
                 now + self.rtt / 2,
-                # see the module docstring: server, but client on the last attempt
-                as_initiator=self.attempt == self.max_attempts,
+                # see the module docstring: server, then client, then server
+                as_initiator=self.attempt % 2 == 0,
                 attempt=self.attempt,
             ),
         ]
@@ -324,9 +328,10 @@ class HolePunchResponder(_Machine):
     the moment SYNC arrives. Any other order, or bytes after SYNC, is a HolePunchError.
     """
 
-    def __init__(self, own_addrs: Sequence[Multiaddr]) -> None:
+    def __init__(self, own_addrs: Sequence[Multiaddr], attempt: int = 1) -> None:
         super().__init__(own_addrs)
         self.state = State.AWAIT_CONNECT
+        self.attempt = attempt  # the how-many-th exchange on this relayed connection
         self._sent_at = 0.0
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[Action]:
@@ -353,5 +358,7 @@ class HolePunchResponder(_Machine):
             raise HolePunchError("DCUtR data after SYNC")
         if self.state is State.DIALING:
             self.state = State.DONE
-            actions += [CloseStream(), DialAt(self.remote_addrs, now, True, 1)]
+            # client on odd attempts, server on even ones (see the module docstring)
+            client = self.attempt % 2 == 1
+            actions += [CloseStream(), DialAt(self.remote_addrs, now, client, self.attempt)]
         return actions

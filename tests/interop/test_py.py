@@ -45,6 +45,8 @@ IDENTIFY = "/ipfs/id/1.0.0"
 IDENTIFY_PUSH = "/ipfs/id/push/1.0.0"
 TASK = "/p2pnode/task/1.0.0"
 TASK2 = "/p2pnode/task/2.0.0"
+RELAY_STOP = "/libp2p/circuit/relay/0.2.0/stop"  # every node accepts relayed connections
+DCUTR = "/libp2p/dcutr"  # and upgrades them by hole punching
 PY_AGENT = "py-libp2p/0.8.1"
 MUXER_IDS = {"yamux": "/yamux/1.0.0", "mplex": "/mplex/6.7.0"}
 MUXERS = ["yamux", "mplex"]
@@ -240,7 +242,9 @@ async def test_py_pings_and_identifies_p2pnode_it_dialed(py: PyPeer, node: Node)
     seen = await py.command("identify", peer=str(node.peer_id))
     assert seen["public_key_matches"] and seen["agent_version"] == AGENT_VERSION
     assert (
-        seen["protocols"] == node.protocols == sorted([PING, IDENTIFY, IDENTIFY_PUSH, TASK, TASK2])
+        seen["protocols"]
+        == node.protocols
+        == sorted([PING, IDENTIFY, IDENTIFY_PUSH, TASK, TASK2, RELAY_STOP, DCUTR])
     )
     assert seen["listen_addrs"] == [str(a) for a in node.listen_addrs]
     [conn] = node.connections(PY_PEER_ID)
