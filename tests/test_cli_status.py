@@ -72,3 +72,38 @@ def test_serve_refuses_a_socket_directory_others_can_enter(
     folder.chmod(0o755)
     result = run(env, *SERVE[3:-1])  # without --json: one line of text
     assert "chmod 700" in one_line_error(result, 1)
+
+
+def test_status_and_id_report_reachability_and_relay_slots(cli_env: dict[str, str]) -> None:
+    tmp_path = short_tmp()
+    env = status_env(cli_env, tmp_path)
+    relay = Process([*SERVE, "--relay-service"], env)
+    try:
+        relay_addr = relay.event("listening")["addrs"][0]
+        key = tmp_path / "node.key"
+        run(env, "id", "--identity", str(key))
+        with_key = [a if a != "--ephemeral" else f"--identity={key}" for a in SERVE]
+        node = Process([*with_key, "--relay", relay_addr], env)
+        try:
+            me = node.event("listening")["peer_id"]
+            slot = node.event("addresses", timeout=20)
+            circuit = f"{relay_addr}/p2p-circuit/p2p/{me}"
+            assert circuit in slot["addrs"] and slot["relays"] == [relay_addr.split("/p2p/")[1]]
+            status = json.loads(run(env, "status", me, "--json").stdout)
+            assert status["reachability"] in ("unknown", "public", "private")
+            assert status["relays"] == slot["relays"] and circuit in status["addrs"]
+            shown = json.loads(run(env, "id", "--identity", str(key), "--json").stdout)
+            assert shown["reachability"] == status["reachability"] and circuit in shown["addrs"]
+            human = run(env, "status", me).stdout
+            assert f"reachability: {status['reachability']}; relayed via " in human
+        finally:
+            node.stop()
+        relay_status = json.loads(run(env, "status", "--json").stdout)
+        assert relay_status["relay_service"]["relayed_bytes"] == 0
+        assert (
+            json.loads(run(env, "id", "--identity", str(key), "--json").stdout)["reachability"]
+            is None
+        )  # not running any more
+    finally:
+        relay.stop()
+    shutil.rmtree(tmp_path)

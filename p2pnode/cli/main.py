@@ -162,14 +162,21 @@ def id_command(peer: str | None, identity_path: str | None, timeout: float, as_j
     from p2pnode.wire.identity import default_identity_path
 
     path = Path(identity_path) if identity_path else default_identity_path()
+    from p2pnode.cli.status import running_status
+
     identity = load_identity(str(path), False, out)
     public_key = base64.b64encode(identity.public_key.to_protobuf()).decode()
+    running = running_status(str(identity.peer_id))  # a serve of this identity, if any
+    reachability = running.get("reachability", "unknown") if running else None
     out.emit(
         "id",
-        str(identity.peer_id),
+        str(identity.peer_id)
+        + (f"\n  serving; reachability: {reachability}" if running is not None else ""),
         peer_id=str(identity.peer_id),
         public_key=public_key,
         identity=str(path),
+        reachability=reachability,
+        addrs=running.get("addrs") if running else None,
     )
 
 

@@ -128,6 +128,12 @@ async def _ask(path: Path) -> dict[str, Any] | None:
         return None  # a socket left by a node that died, or one that did not answer
 
 
+def running_status(peer_id: str) -> dict[str, Any] | None:
+    """The status of this user's running ``serve`` with ``peer_id``, or None (not running)."""
+    path = status_dir() / f"{peer_id[-16:]}.sock"
+    return asyncio.run(_ask(path)) if path.exists() else None
+
+
 def _describe(status: dict[str, Any]) -> str:
     lines = [
         f"{status['peer_id']}: up {status['uptime_s']:g} s, {len(status['connections'])} "
