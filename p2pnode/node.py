@@ -380,14 +380,9 @@ class Node:
         if self._stopped:
             conn._abort(P2PTimeoutError("node is stopping"))
             return
-        limits = self.config.limits
-        peer_conns = len(self._connections.get(conn.remote_peer, ()))
-        if peer_conns >= limits.max_connections_per_peer:
-            self.refusals.refuse(
-                "max_connections_per_peer", str(conn.remote_peer), f"{peer_conns} open already"
-            )
-            conn._abort(ConnectionClosedError("too many connections from this peer"))
+        if not self._room_for_peer(conn):
             return
+        limits = self.config.limits
         ip = conn.remote_addr.value_for("ip4") or conn.remote_addr.value_for("ip6")
         from_ip = sum(
             1
@@ -400,6 +395,17 @@ class Node:
             conn._abort(ConnectionClosedError("too many connections from this address"))
             return
         self._register(conn)
+
+    def _room_for_peer(self, conn: Connection) -> bool:
+        """False (and ``conn`` aborted) when its peer has max_connections_per_peer open."""
+        peer_conns = len(self._connections.get(conn.remote_peer, ()))
+        if peer_conns < self.config.limits.max_connections_per_peer:
+            return True
+        self.refusals.refuse(
+            "max_connections_per_peer", str(conn.remote_peer), f"{peer_conns} open already"
+        )
+        conn._abort(ConnectionClosedError("too many connections from this peer"))
+        return False
 
     def _inbound_handshake_failed(self, exc: Exception, addr: Multiaddr) -> None:
         log.info("inbound handshake from %s failed: %s", addr, exc)
@@ -703,12 +709,7 @@ class Node:
         if self._stopped:
             conn._abort(P2PTimeoutError("node is stopping"))
             return
-        peer_conns = len(self._connections.get(conn.remote_peer, ()))
-        if peer_conns >= self.config.limits.max_connections_per_peer:
-            self.refusals.refuse(
-                "max_connections_per_peer", str(conn.remote_peer), f"{peer_conns} open already"
-            )
-            conn._abort(ConnectionClosedError("too many connections from this peer"))
+        if not self._room_for_peer(conn):
             return
         self._register(conn)
         self.nat.relayed_inbound(conn)

@@ -65,7 +65,8 @@ def _config(settings: dict[str, Any]) -> NodeConfig:
 
 async def _task(node: Node, command: dict[str, Any]) -> None:
     peer = PeerId.from_string(command["peer"])
-    payload = bytes(range(256)) * (command.get("size", 64) // 256) or b"x" * command["size"]
+    size = command.get("size", 64)
+    payload = (bytes(range(256)) * (size // 256 + 1))[:size]  # exactly size bytes
     started = time.monotonic()
     try:
         result = await node.run_task(

@@ -170,10 +170,9 @@ class RelayClient:
             )
         )
         reservation = RelayReservation(relay_id, float(granted.expire), addrs, answer.limit)
-        known = relay_id in self.reservations
         previous = self.reservations.get(relay_id)
         self.reservations[relay_id] = reservation
-        if not known or previous is None or previous.addrs != addrs:
+        if previous is None or previous.addrs != addrs:
             self._on_change()
         return reservation
 
