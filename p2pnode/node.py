@@ -141,6 +141,7 @@ class Node:
         self._routers: list[PeerRouter] = []
         self.discovery: MdnsDiscovery | None = None
         self._discovery_task: asyncio.Task[None] | None = None
+        self._discovery_update: asyncio.Task[None] | None = None
         self._stopped = False
         self.set_handler(ping.PROTOCOL_ID, ping.handle_ping)
         self.identify_service = IdentifyService(self, self._describe)
@@ -232,12 +233,30 @@ class Node:
     def _addresses_changed(self) -> None:
         if self._connections:
             self.identify_service.changed()
+        running = self._discovery_update
+        if self.discovery is not None and (running is None or running.done()):
+            self._discovery_update = asyncio.create_task(self._update_discovery(self.discovery))
         addrs = self.advertised_addrs
         for callback in self._address_callbacks:
             try:
                 callback(addrs)
             except Exception:
                 log.exception("address callback failed")
+
+    def _beyond_link_addrs(self) -> list[Multiaddr]:
+        return [*self.nat.public_addrs(), *self.relay_client.relayed_addrs]
+
+    async def _update_discovery(self, discovery: MdnsDiscovery) -> None:
+        """Re-announce the mDNS record until it carries the current relayed/public addresses."""
+        while True:
+            addrs = self._beyond_link_addrs()
+            try:
+                await discovery.set_extra_addrs(addrs)
+            except Exception as exc:  # zeroconf's errors are not ours to name
+                log.warning("mDNS: could not announce the new addresses: %s", exc)
+                return
+            if addrs == self._beyond_link_addrs():
+                return
 
     @property
     def protocols(self) -> list[str]:
@@ -771,7 +790,9 @@ class Node:
         from p2pnode.routing.mdns import MdnsDiscovery, MdnsRouter, PeerDiscovered
 
         if self.discovery is None:
-            discovery = MdnsDiscovery(self.peer_id, self.listen_addrs)
+            discovery = MdnsDiscovery(
+                self.peer_id, self.listen_addrs, extra_addrs=self._beyond_link_addrs()
+            )
             await discovery.start()
             self.discovery = discovery
 
@@ -919,9 +940,10 @@ class Node:
         await self.relay_client.close()
         if self.relay_service is not None:
             await self.relay_service.close()
-        if self._discovery_task is not None:
-            self._discovery_task.cancel()
-            await asyncio.gather(self._discovery_task, return_exceptions=True)
+        for task in (self._discovery_task, self._discovery_update):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.discovery is not None:
             await self.discovery.stop()
         for listener in self._listeners:

@@ -11,6 +11,7 @@ from p2pnode.net import addresses
 from p2pnode.net.addresses import expand_wildcards
 from p2pnode.routing.cache import AddressCache
 from p2pnode.routing.mdns import (
+    MdnsDiscovery,
     PeerDiscovered,
     PeerExpired,
     PeerTable,
@@ -23,6 +24,7 @@ from p2pnode.wire.multiaddr import Multiaddr
 
 ALICE = Identity.generate().peer_id
 BOB = Identity.generate().peer_id
+RELAY = Identity.generate().peer_id
 
 
 def dnsaddr(text: str) -> str:
@@ -159,3 +161,18 @@ def test_peer_cache_round_trip_expiry_eviction_and_corruption(tmp_path: Path) ->
     assert cache.get(ALICE) == ()
     cache.put(ALICE, [addr])
     assert cache.get(ALICE) == (addr,)
+
+
+def test_the_record_carries_relayed_addresses_and_a_peer_reads_them_back() -> None:
+    circuit = Multiaddr.from_string(f"/ip4/10.0.0.9/tcp/4001/p2p/{RELAY}/p2p-circuit/p2p/{ALICE}")
+    listen = Multiaddr.from_string("/ip4/10.0.0.1/tcp/1")
+    discovery = MdnsDiscovery(ALICE, [listen], extra_addrs=[circuit, listen])
+    advertised = discovery.advertised_addrs()
+    assert advertised == [listen.with_peer_id(ALICE), circuit]  # link first, no duplicate
+    record = parse_txt(encode_txt([dnsaddr(str(a)) for a in advertised]))
+    assert peer_from_txt(record, BOB) == (
+        ALICE,
+        [listen, Multiaddr.from_string(f"/ip4/10.0.0.9/tcp/4001/p2p/{RELAY}/p2p-circuit")],
+    )
+    many = [Multiaddr.from_string(f"/ip4/10.0.0.1/tcp/{port}") for port in range(2, 40)]
+    assert len(MdnsDiscovery(ALICE, [listen], extra_addrs=many).advertised_addrs()) == 16

@@ -92,6 +92,32 @@ def test_a_peer_that_stops_says_goodbye(hosts: tuple[Host, Host], cli_env: dict[
         watcher.stop()
 
 
+def test_the_mdns_record_gains_the_relayed_address_when_a_slot_is_granted(
+    hosts: tuple[Host, Host], cli_env: dict[str, str]
+) -> None:
+    a, b = hosts
+    watcher = Process(p2pnode(b, "peers", "--watch", "--json", "--timeout", "60"), cli_env)
+    relay, relay_listening = serve(a, cli_env, "--relay-service", "--no-mdns")
+    try:
+        watcher.event("ready")
+        relay_addr = next(x for x in relay_listening["addrs"] if f"/ip4/{a.ip}/" in x)
+        node, listening = serve(b, cli_env, "--relay", relay_addr)
+        try:
+            me = listening["peer_id"]
+            first = watcher.event("discovered", peer_id=me)
+            assert not any("p2p-circuit" in addr for addr in first["addrs"]), first
+            slot = node.event("addresses")
+            assert f"{relay_addr}/p2p-circuit/p2p/{me}" in slot["addrs"]
+            update = watcher.event("discovered", peer_id=me)
+            assert f"{relay_addr}/p2p-circuit" in update["addrs"], update
+            assert any(addr.startswith(f"/ip4/{b.ip}/tcp/") for addr in update["addrs"])
+        finally:
+            assert node.stop() == 0
+    finally:
+        relay.stop()
+        watcher.stop()
+
+
 def flood(host: Host, count: int) -> None:
     """Send ``count`` malformed mDNS packets from inside ``host`` (bounded)."""
     script = (

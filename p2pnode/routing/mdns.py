@@ -33,6 +33,7 @@ SERVICE_TYPE = "_p2p._udp.local."
 DNSADDR_PREFIX = "dnsaddr="
 DEFAULT_TTL = 120
 MAX_TXT_STRINGS = 64
+MAX_ADVERTISED = 16  # addresses in our TXT record (a peer keeps at most 16 of a record)
 
 
 @dataclass(slots=True)
@@ -202,6 +203,7 @@ class MdnsDiscovery:
         peer_id: PeerId,
         listen_addrs: Sequence[Multiaddr],
         *,
+        extra_addrs: Sequence[Multiaddr] = (),
         query_interval: float = 10.0,
         ttl: int = DEFAULT_TTL,
         max_peers: int = 1024,
@@ -211,6 +213,7 @@ class MdnsDiscovery:
         self.ttl = ttl
         self.table = PeerTable(max_peers)
         self._listen_addrs = list(listen_addrs)
+        self._extra_addrs = list(extra_addrs)
         self._instance = f"{random_peer_name()}.{SERVICE_TYPE}"
         self._instances: dict[str, PeerId] = {}
         self._subscribers: list[asyncio.Queue[DiscoveryEvent]] = []
@@ -220,15 +223,15 @@ class MdnsDiscovery:
         self._tasks: list[asyncio.Task[None]] = []
 
     def advertised_addrs(self) -> list[Multiaddr]:
-        """What we announce: real interface addresses reachable on the link, with /p2p."""
-        return [
-            a.with_peer_id(self.peer_id)
-            for a in expand_wildcards(self._listen_addrs, for_link=True)
-        ]
+        """What we announce, with /p2p: the real interface addresses reachable on the
+        link, then the extra ones (public and relayed addresses); at most 16."""
+        addrs = expand_wildcards(self._listen_addrs, for_link=True)
+        addrs += [a for a in self._extra_addrs if a not in addrs]
+        return [a.with_peer_id(self.peer_id) for a in addrs[:MAX_ADVERTISED]]
 
     async def start(self) -> None:
         """Join the multicast group, announce ourselves (if listening) and query at once."""
-        from zeroconf import IPVersion, ServiceInfo
+        from zeroconf import IPVersion
         from zeroconf.asyncio import AsyncZeroconf
 
         azc = AsyncZeroconf(ip_version=IPVersion.V4Only)
@@ -243,27 +246,48 @@ class MdnsDiscovery:
         zc.async_add_listener(_record_listener(self), None)  # type: ignore[arg-type]
         await zc.async_wait_for_start()
         self._query()
+        await self._announce()
+        self._tasks.append(asyncio.create_task(self._maintain()))
+
+    async def set_extra_addrs(self, addrs: Sequence[Multiaddr]) -> None:
+        """Announce ``addrs`` (relayed ``/p2p-circuit`` or public addresses) besides the
+        link ones from now on; peers hear the new record at once."""
+        if list(addrs) == self._extra_addrs:
+            return
+        self._extra_addrs = list(addrs)
+        if self._zeroconf is not None:
+            await self._announce()
+
+    async def _announce(self) -> None:
+        """Register our record, or update it when it is already registered."""
+        from zeroconf import ServiceInfo
+        from zeroconf.asyncio import AsyncZeroconf
+
+        azc = self._zeroconf
         addrs = self.advertised_addrs()
-        if addrs:
-            _, port = addrs[0].without_peer_id().tcp_host_port()
-            ips = [
-                ipaddress.ip_address(a.value_for("ip4") or "").packed
-                for a in addrs
-                if a.value_for("ip4")
-            ]
-            info = ServiceInfo(
-                SERVICE_TYPE,
-                self._instance,
-                port=port,
-                properties=encode_txt([f"{DNSADDR_PREFIX}{a}" for a in addrs]),
-                addresses=ips or None,
-                host_ttl=self.ttl,
-                other_ttl=self.ttl,
-            )
+        if not isinstance(azc, AsyncZeroconf) or not addrs:
+            return
+        ips = [
+            ipaddress.ip_address(a.value_for("ip4") or "").packed
+            for a in addrs
+            if a.value_for("ip4") and not a.is_circuit
+        ]
+        info = ServiceInfo(
+            SERVICE_TYPE,
+            self._instance,
+            port=_first_port(addrs),
+            properties=encode_txt([f"{DNSADDR_PREFIX}{a}" for a in addrs]),
+            addresses=ips or None,
+            server=self._instance,  # what registering would fill in; updating needs it
+            host_ttl=self.ttl,
+            other_ttl=self.ttl,
+        )
+        if self._info is None:
             # Our name is random, so skip the ~1 s uniqueness probe and announce at once.
             await azc.async_register_service(info, cooperating_responders=True)
-            self._info = info
-        self._tasks.append(asyncio.create_task(self._maintain()))
+        else:
+            await azc.async_update_service(info)
+        self._info = info
 
     async def stop(self) -> None:
         """Say goodbye (TTL 0) and leave; idempotent."""
@@ -330,7 +354,13 @@ class MdnsDiscovery:
             azc.zeroconf.async_send(out)
 
     async def _maintain(self) -> None:
-        """Expire stale peers and re-query every ``query_interval`` seconds."""
+        """Query again 1 s and 3 s after starting, then every ``query_interval`` seconds;
+        expire stale peers. (A responder stays silent when it multicast its record less
+        than 1 s ago, RFC 6762 section 6, so a node that has just announced itself does
+        not answer our first query; continuous querying is section 5.2.)"""
+        for delay in (1.0, 2.0):
+            await asyncio.sleep(delay)
+            self._query()
         next_query = time.monotonic() + self.query_interval
         while True:
             await asyncio.sleep(min(self.query_interval, 5.0))
@@ -366,6 +396,15 @@ class MdnsDiscovery:
         peer_id = self._instances.pop(name, None)
         if peer_id is not None and (event := self.table.remove(peer_id)) is not None:
             self._publish(event)
+
+
+def _first_port(addrs: Sequence[Multiaddr]) -> int:
+    """The TCP port of the first direct address (the SRV record wants one), else 0."""
+    for addr in addrs:
+        if not addr.is_circuit:
+            with contextlib.suppress(P2PError):
+                return addr.without_peer_id().tcp_host_port()[1]
+    return 0
 
 
 def _record_listener(discovery: MdnsDiscovery) -> object:
