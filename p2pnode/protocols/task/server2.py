@@ -96,6 +96,10 @@ class ServerState(Protocol):
     ) -> None: ...
 
 
+# (the peer's PeerId as bytes, the task id): bytes hash in C, a PeerId in Python
+TaskKey = tuple[bytes, str]
+
+
 class ResultCache:
     """Outcomes of finished tasks by (peer, task id): bounded in entries, age and size."""
 
@@ -110,14 +114,15 @@ class ResultCache:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[tuple[PeerId, str], tuple[float, Outcome]] = OrderedDict()
+        self._entries: OrderedDict[TaskKey, tuple[float, Outcome]] = OrderedDict()
         # tasks running now, each with the retries waiting for its outcome
-        self.running: dict[tuple[PeerId, str], list[asyncio.Future[Outcome | None]]] = {}
+        self.running: dict[TaskKey, list[asyncio.Future[Outcome | None]]] = {}
+        self._next_sweep = 0.0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: tuple[PeerId, str]) -> Outcome | None:
+    def get(self, key: TaskKey) -> Outcome | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -126,18 +131,21 @@ class ResultCache:
             return None
         return entry[1]
 
-    def put(self, key: tuple[PeerId, str], outcome: Outcome, size: int) -> bool:
+    def put(self, key: TaskKey, outcome: Outcome, size: int) -> bool:
         """Keep ``outcome`` (``size``: bytes of its parts) unless it must not be; whether kept."""
         if size > self.max_bytes or (isinstance(outcome, Failed) and outcome.code in _UNCACHED):
             return False
         entries = self._entries
         now = self._clock()
+        if key in entries:
+            entries.move_to_end(key)
         entries[key] = (now, outcome)
-        entries.move_to_end(key)
         if len(entries) > self.max_entries:
             entries.popitem(last=False)
-        while entries and now - next(iter(entries.values()))[0] > self.ttl:
-            entries.popitem(last=False)  # the oldest, expired
+        if now >= self._next_sweep:  # expired entries go at most once a second (get checks)
+            self._next_sweep = now + 1.0
+            while entries and now - next(iter(entries.values()))[0] > self.ttl:
+                entries.popitem(last=False)  # the oldest, expired
         return True
 
 
@@ -337,7 +345,7 @@ class TaskService2:
             refusal = Failed(request.id, refused.code, refused.message)
             await self._finish(stream, [frame(refusal)], unread=not session.input_done)
             return refusal
-        key = (peer, request.id)
+        key = (peer.to_bytes(), request.id)
         cache = self.cache
         earlier = cache.get(key)
         if earlier is None and key in cache.running:
@@ -367,7 +375,7 @@ class TaskService2:
             del cache.running[key]
         return outcome
 
-    async def _outcome_of_running(self, key: tuple[PeerId, str]) -> Outcome | None:
+    async def _outcome_of_running(self, key: TaskKey) -> Outcome | None:
         """The outcome of the running task ``key`` (None: not kept, or not in time)."""
         waiters = self.cache.running[key]
         waiter: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
