@@ -7,7 +7,7 @@ JS_DIR := tests/interop/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
 P2PD_STAMP := tests/interop/go/bin/.installed-hivemind-1.1.12
 
-.PHONY: venv js-peer go-peer py-peer lint typecheck test test-fast demo demo-nat bench bench-setup bench-quick clean
+.PHONY: venv js-peer go-peer py-peer system-deps lint typecheck test test-fast demo demo-nat bench bench-setup bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,12 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-test: venv js-peer go-peer py-peer lint typecheck
+test: venv js-peer go-peer py-peer system-deps lint typecheck
 	P2PNODE_REQUIRE_INTEROP=1 $(VENV)/bin/pytest -q
+
+# nftables for the NAT and AutoNAT tests' namespaces (root; installed once if missing)
+system-deps:
+	@command -v nft >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables || echo "nftables not installed: the NAT tests will say why"
 
 test-fast: venv
 	$(VENV)/bin/pytest -q -x -m "not interop and not netns"

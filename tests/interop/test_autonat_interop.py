@@ -56,6 +56,7 @@ from typing import Any
 import pytest
 
 from p2pnode import Identity, Multiaddr, Node, NodeConfig, PeerId
+from p2pnode.demo.nat_topology import nftables_unavailable
 
 from ..netns import require_netns
 from .jspeer import JS_DIR, require_js_peer
@@ -346,6 +347,8 @@ class PublicHost:
             " }\n"
             "}\n"
         )
+        missing = nftables_unavailable()  # installs nftables when it is missing
+        assert missing is None, f"this test needs nftables: {missing}"
         result = subprocess.run(
             self.argv(["nft", "-f", "-"]), input=rules, capture_output=True, text=True
         )
