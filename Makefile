@@ -59,8 +59,7 @@ demo: venv
 	$(PY) -m p2pnode.demo
 
 # two agents behind two NATs: a relay, then a hole punch (namespaces + nftables; root)
-demo-nat: venv
-	@command -v nft >/dev/null || apt-get install -y -qq nftables
+demo-nat: venv system-deps
 	$(PY) -m p2pnode.demo.nat
 
 BENCH_STAMP := $(VENV)/.bench-installed

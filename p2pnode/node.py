@@ -218,7 +218,7 @@ class Node:
     def advertised_addrs(self) -> list[Multiaddr]:
         """What peers are told to dial: the listen addresses, then the relayed ones
         (``.../p2p/<relay>/p2p-circuit/p2p/<self>``) of every relay holding a slot for us."""
-        return [*self.listen_addrs, *self.nat.public_addrs(), *self.relay_client.relayed_addrs]
+        return [*self.listen_addrs, *self._beyond_link_addrs()]
 
     @property
     def reachability(self) -> str:
@@ -244,6 +244,7 @@ class Node:
                 log.exception("address callback failed")
 
     def _beyond_link_addrs(self) -> list[Multiaddr]:
+        """The advertised addresses besides the listen ones: public, then relayed."""
         return [*self.nat.public_addrs(), *self.relay_client.relayed_addrs]
 
     async def _update_discovery(self, discovery: MdnsDiscovery) -> None:
