@@ -35,6 +35,17 @@ def test_bad_prefix_is_a_decode_error() -> None:
         FrameDecoder(10).receive_data(b"\xff" * 10)
 
 
+def test_a_non_minimal_two_byte_prefix_is_refused_in_one_read() -> None:
+    with pytest.raises(DecodeError):
+        FrameDecoder(1000).receive_data(b"\x85\x00" + b"x" * 5)  # 5, with a zero high byte
+
+
+@given(st.lists(st.binary(max_size=20000), max_size=4))
+def test_two_byte_prefixes_in_one_read(messages: list[bytes]) -> None:
+    wire = b"".join(encode_frame(m) for m in messages)
+    assert FrameDecoder(20000).receive_data(wire) == messages
+
+
 @given(st.lists(st.binary(max_size=200), max_size=10), st.integers(1, 50))
 def test_round_trip(messages: list[bytes], step: int) -> None:
     wire = b"".join(encode_frame(m) for m in messages)

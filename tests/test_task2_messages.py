@@ -25,6 +25,7 @@ from p2pnode.protocols.task.messages2 import (
     PartAssembler,
     Progress,
     Request,
+    accepted_body,
     decode_client_message,
     decode_server_event,
     encode,
@@ -161,3 +162,8 @@ def test_garbage_never_escapes_as_anything_but_decode_error(body: bytes) -> None
 def test_requests_round_trip(parts: list[Part], task_id: str) -> None:
     request = Request(task_id, input=parts, stream=True)
     assert decode_client_message(encode(request)) == request
+
+
+@given(st.text(max_size=200))
+def test_the_accepted_shortcut_encodes_what_msgspec_does(task_id: str) -> None:
+    assert accepted_body(task_id) == encode(Accepted(task_id))

@@ -64,10 +64,14 @@ class FrameDecoder:
             size = data[pos]
             start = pos + 1
             if size >= 0x80:
-                header = decode_uvarint(data, pos)
-                if header is None:
-                    break  # the prefix continues in a later read
-                size, start = header
+                if start < end and 0 < data[start] < 0x80:  # two bytes (128 B to 16 KiB)
+                    size = (size & 0x7F) | (data[start] << 7)
+                    start += 1
+                else:
+                    header = decode_uvarint(data, pos)
+                    if header is None:
+                        break  # the prefix continues in a later read
+                    size, start = header
             if size > limit:
                 raise MessageTooLargeError(size, limit)
             stop = start + size

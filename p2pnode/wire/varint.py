@@ -18,6 +18,8 @@ def encode_uvarint(value: int) -> bytes:
     """Encode a non-negative integer below 2**63 as an unsigned varint."""
     if 0 <= value < 0x80:
         return _SMALL[value]
+    if 0x80 <= value < 0x4000:  # two bytes: most messages that are not tiny
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     if value < 0 or value > MAX_VARINT:
         raise ValueError(f"varint value out of range 0..2**63-1: {value}")
     out = bytearray()

@@ -137,7 +137,6 @@ class Failed(msgspec.Struct, tag_field="type", tag="failed", omit_defaults=True)
 
 ClientMessage = Request | InputChunk | Cancel
 ServerEvent = Accepted | Progress | OutputChunk | Completed | Failed
-TERMINAL = (Completed, Failed)
 
 
 class _TypeProbe(msgspec.Struct):
@@ -155,6 +154,19 @@ _SERVER_TYPES = {"accepted", "progress", "output", "completed", "failed"}
 def encode(message: ClientMessage | ServerEvent) -> bytes:
     """MessagePack body of a message (without its length prefix)."""
     return _encoder.encode(message)
+
+
+# msgspec writes the tag first, then the fields: the ``accepted`` body up to its id
+_ACCEPTED_HEAD = (
+    b"\x82" + _encoder.encode("type") + _encoder.encode("accepted") + _encoder.encode("id")
+)
+
+
+def accepted_body(task_id: str) -> bytes:
+    """``encode(Accepted(task_id))`` without building the message (every task sends one)."""
+    if not task_id:
+        return _encoder.encode(Accepted())  # an empty id is left out of the map
+    return _ACCEPTED_HEAD + _encoder.encode(task_id)
 
 
 def _bin_header(size: int) -> bytes:

@@ -52,6 +52,7 @@ from p2pnode.protocols.task.session2 import (
     InputPiece,
     InputTooLargeError,
     ServerSession,
+    accepted_frame,
     frame,
 )
 from p2pnode.wire.framing import MessageTooLargeError
@@ -115,8 +116,8 @@ class ResultCache:
         self.max_bytes = max_bytes
         self._clock = clock
         self._entries: OrderedDict[TaskKey, tuple[float, Outcome]] = OrderedDict()
-        # tasks running now, each with the retries waiting for its outcome
-        self.running: dict[TaskKey, list[asyncio.Future[Outcome | None]]] = {}
+        # tasks running now, each with the retries waiting for its outcome (None: none yet)
+        self.running: dict[TaskKey, list[asyncio.Future[Outcome | None]] | None] = {}
         self._next_sweep = 0.0
 
     def __len__(self) -> int:
@@ -324,9 +325,12 @@ class TaskService2:
             server.stream_ended()
         if outcome.latency_ms is None:
             outcome.latency_ms = _elapsed_ms(started)
-        kind = session.request.kind if session.request else ""
-        code = outcome.code if isinstance(outcome, Failed) else "ok"
-        message = outcome.message if isinstance(outcome, Failed) else ""
+        request = session.request
+        kind = request.kind if request is not None else ""
+        if isinstance(outcome, Failed):
+            code, message = outcome.code, outcome.message
+        else:
+            code, message = "ok", ""
         server.log_task(stream.remote_peer, kind, outcome.id, outcome.latency_ms, code, message)
 
     async def _serve(self, stream: Stream, session: ServerSession) -> Outcome:
@@ -352,9 +356,8 @@ class TaskService2:
             earlier = await self._outcome_of_running(key)
         if earlier is not None:
             return await self._answer_again(stream, session, request, earlier)
-        waiters: list[asyncio.Future[Outcome | None]] = []  # retries of this very task
-        cache.running[key] = waiters
-        outcome: Outcome = Failed(request.id, "failed", "the task did not finish")
+        cache.running[key] = None  # running: a retry waits for its outcome
+        outcome: Outcome | None = None
         cacheable = -1
         try:
             handler = self.server.handlers[request.kind]
@@ -367,19 +370,23 @@ class TaskService2:
                 outcome, cacheable = await self._run_whole(stream, request, handler)
             else:
                 outcome, cacheable = await self._run(stream, session, request, pending)
+            return outcome
         finally:
-            kept = cacheable >= 0 and cache.put(key, outcome, cacheable)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(outcome if kept else None)
-            del cache.running[key]
-        return outcome
+            kept = outcome is not None and cacheable >= 0 and cache.put(key, outcome, cacheable)
+            waiters = cache.running.pop(key)
+            if waiters is not None:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(outcome if kept else None)
 
     async def _outcome_of_running(self, key: TaskKey) -> Outcome | None:
         """The outcome of the running task ``key`` (None: not kept, or not in time)."""
-        waiters = self.cache.running[key]
         waiter: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
-        waiters.append(waiter)
+        waiters = self.cache.running[key]
+        if waiters is None:
+            self.cache.running[key] = [waiter]
+        else:
+            waiters.append(waiter)
         try:
             async with asyncio.timeout(self.server.max_timeout):
                 return await waiter
@@ -399,7 +406,7 @@ class TaskService2:
                 async with asyncio.timeout(self.server.request_read_timeout):
                     while not session.input_done and (chunk := await stream.read()):
                         session.receive_data(chunk)
-        await self._finish(stream, [frame(Accepted(request.id)), frame(answer)], unread=False)
+        await self._finish(stream, [accepted_frame(request.id), frame(answer)], unread=False)
         return answer
 
     async def _read_request(self, stream: Stream, session: ServerSession) -> list[object]:
@@ -603,15 +610,18 @@ class TaskService2:
             else:
                 async with asyncio.timeout(timeout):
                     parts = await run_whole(handler, task)
-            media = self.output_types.get(request.kind)
             for part in parts:
                 size += part.size
-                if media is not None and part.media_type is None:
-                    part.media_type = media
+            media = self.output_types.get(request.kind) if self.output_types else None
+            if media is not None:
+                for part in parts:
+                    if part.media_type is None:
+                        part.media_type = media
             if size > server.max_response_size:
                 raise _Refused(ErrorCode.FAILED, f"output of {size} bytes exceeds "
                                f"{server.max_response_size}: ask for a stream")  # fmt: skip
-            outcome: Outcome = Completed(request.id, parts, _elapsed_ms(started))
+            elapsed = round((time.perf_counter() - started) * 1000)  # (_elapsed_ms, inlined)
+            outcome: Outcome = Completed(request.id, parts, elapsed)
         except (Exception, asyncio.CancelledError) as exc:
             outcome = self._failure(exc, request, stream, this, timeout, started)
         finally:
@@ -635,7 +645,7 @@ class TaskService2:
             else:  # the common answer: one write (what _EventWriter.flush does, inlined)
                 stream.set_deadline(server.response_write_timeout)
                 try:
-                    await stream.write(frame(Accepted(request.id)) + frame(outcome))
+                    await stream.write(accepted_frame(request.id) + frame(outcome))
                 except P2PTimeoutError:
                     timeout = server.response_write_timeout
                     raise AnswerNotTakenError(

@@ -14,7 +14,6 @@ from p2pnode.errors import DecodeError
 from p2pnode.protocols.task.messages2 import (
     MAX_MESSAGE_SIZE,
     MAX_TOTAL_INPUT,
-    TERMINAL,
     Accepted,
     Cancel,
     ClientMessage,
@@ -24,6 +23,7 @@ from p2pnode.protocols.task.messages2 import (
     Part,
     Request,
     ServerEvent,
+    accepted_body,
     decode_client_message,
     decode_server_event,
     encode,
@@ -51,6 +51,12 @@ class InputEnd:
 def frame(message: ClientMessage | ServerEvent) -> bytes:
     """A message as it goes on the wire: uvarint length, then the MessagePack body."""
     body = encode(message)
+    return encode_uvarint(len(body)) + body
+
+
+def accepted_frame(task_id: str) -> bytes:
+    """``frame(Accepted(task_id))``, without building the message (every task sends one)."""
+    body = accepted_body(task_id)
     return encode_uvarint(len(body)) + body
 
 
@@ -98,6 +104,20 @@ class ServerSession:
             raise DecodeError("the stream ended before the input did (no input with end: true)")
 
     def _accept(self, message: ClientMessage, events: list[ClientEvent]) -> None:
+        if isinstance(message, Request):  # (the common message first)
+            if self.request is not None:
+                raise DecodeError("a second request on the same stream: one task per stream")
+            self.request = message
+            events.append(message)
+            size = self.input_bytes
+            for part in message.input:
+                size += part.size
+                events.append(InputPiece(part, False))
+            self._count(size)
+            if not message.more:
+                self.input_done = True
+                events.append(InputEnd())
+            return
         if isinstance(message, Cancel):
             if self.request is None:
                 raise DecodeError("cancel before the request")
@@ -105,32 +125,20 @@ class ServerSession:
                 self.cancelled = True
                 events.append(message)
             return
-        if isinstance(message, Request):
-            if self.request is not None:
-                raise DecodeError("a second request on the same stream: one task per stream")
-            self.request = message
-            events.append(message)
-            for part in message.input:
-                self._count(part)
-                events.append(InputPiece(part, False))
-            if not message.more:
-                self.input_done = True
-                events.append(InputEnd())
-            return
         if self.request is None:
             raise DecodeError("the first message must be a request")
         if self.input_done:
             return  # after the input is complete, only cancel means something
         if message.part is not None:
-            self._count(message.part)
+            self._count(self.input_bytes + message.part.size)
             events.append(InputPiece(message.part, message.append))
         if message.end:
             self.input_done = True
             events.append(InputEnd())
 
-    def _count(self, part: Part) -> None:
-        self.input_bytes += part.size
-        if self.input_bytes > self.max_total_input:
+    def _count(self, input_bytes: int) -> None:
+        self.input_bytes = input_bytes
+        if input_bytes > self.max_total_input:
             raise InputTooLargeError(f"the input exceeds {self.max_total_input} bytes")
 
 
@@ -172,10 +180,8 @@ class ClientSession:
                 f"task {self.task_id}: the peer sent {type(event).__name__.lower()} after "
                 "the terminal event"
             )
-        if isinstance(event, TERMINAL):
-            if event.id not in (self.task_id, "") or (
-                isinstance(event, Completed) and event.id != self.task_id
-            ):
+        if isinstance(event, Completed):  # (the common events first)
+            if event.id != self.task_id:
                 raise DecodeError(f"task {self.task_id}: the peer answered for task {event.id!r}")
             self.terminal = event
             return
@@ -183,6 +189,11 @@ class ClientSession:
             if self.accepted:
                 raise DecodeError(f"task {self.task_id}: accepted twice")
             self.accepted = True
+            return
+        if isinstance(event, Failed):  # may come first: a refusal ("" when it had no id)
+            if event.id not in (self.task_id, ""):
+                raise DecodeError(f"task {self.task_id}: the peer answered for task {event.id!r}")
+            self.terminal = event
             return
         if not self.accepted:
             raise DecodeError(
