@@ -1,11 +1,12 @@
 """Task protocol 2 against protocol 1, side by side in interleaved rounds.
 
 A p2pnode server runs in its own process (echo for both protocols, a streaming ``blob``
-kind, the bulk protocol); this process is the client. Each round measures, one after
-the other on one connection: 64 B task round trips with protocol 1 and with protocol 2,
-tasks/s with 64 in flight with each, one streamed 64 MiB task output against one bulk
-stream of 64 MiB (the one-stream throughput figure), and the time to the first chunk of
-a streamed task. Ratios are taken per round; the report gives their median and spread.
+kind, the bulk protocol); this process is the client. Each round measures on one
+connection: 64 B task round trips and tasks/s with 64 in flight, protocol 1 and 2 in
+alternating slices (ABBA, so that the machine's drift hits both alike); one streamed
+64 MiB task output against one bulk stream of 64 MiB (the one-stream throughput
+figure); and the time to the first chunk of a streamed task. Ratios are taken per
+round; the report gives their median and spread.
 
     python -m bench.task2 [--rounds 5] [--quick]
 """
@@ -59,27 +60,54 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def round_trips(call: Callable[[], Awaitable[Any]], count: int) -> float:
-    """p50 of ``count`` sequential calls, in ms (after a few untimed ones)."""
-    for _ in range(20):
-        await call()
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await call()
-        samples.append(_ms(started))
-    return statistics.median(samples)
+Call = Callable[[], Awaitable[Any]]
+SLICES = 8  # each figure of the two protocols is measured in this many alternating slices
 
 
-async def rate(call: Callable[[], Awaitable[Any]], total: int, inflight: int = 64) -> float:
-    async def worker(count: int) -> None:
-        for _ in range(count):
+def _order(i: int, a: Call, b: Call) -> tuple[Call, Call]:
+    """ABBA: slice i of the pair, so that a drift of the machine's speed hits both alike."""
+    return (a, b) if i % 4 in (0, 3) else (b, a)
+
+
+async def round_trip_pair(a: Call, b: Call, count: int) -> tuple[float, float]:
+    """p50 of ``count`` sequential calls of each, in ms, the two measured in alternating
+    slices (after a few untimed calls of each)."""
+    for call in (a, b):
+        for _ in range(20):
+            await call()
+    samples: dict[Call, list[float]] = {a: [], b: []}
+    for i in range(SLICES):
+        for call in _order(i, a, b):
+            for _ in range(count // SLICES):
+                started = time.perf_counter()
+                await call()
+                samples[call].append(_ms(started))
+    return statistics.median(samples[a]), statistics.median(samples[b])
+
+
+async def _batch(call: Call, per_worker: int, inflight: int) -> float:
+    """Seconds for ``inflight`` workers to make ``per_worker`` calls each."""
+
+    async def worker() -> None:
+        for _ in range(per_worker):
             await call()
 
-    await asyncio.gather(*(worker(10) for _ in range(inflight)))
     started = time.perf_counter()
-    await asyncio.gather(*(worker(total // inflight) for _ in range(inflight)))
-    return (total // inflight * inflight) / (time.perf_counter() - started)
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    return time.perf_counter() - started
+
+
+async def rate_pair(a: Call, b: Call, total: int, inflight: int = 64) -> tuple[float, float]:
+    """Calls/s of each with ``inflight`` at once, the two measured in alternating slices."""
+    for call in (a, b):
+        await _batch(call, 10, inflight)
+    per_worker = max(total // inflight // SLICES, 1)
+    seconds = {a: 0.0, b: 0.0}
+    for i in range(SLICES):
+        for call in _order(i, a, b):
+            seconds[call] += await _batch(call, per_worker, inflight)
+    done = per_worker * inflight * SLICES
+    return done / seconds[a], done / seconds[b]
 
 
 async def streamed_mb_per_s(node: Node, peer: PeerId, size: int) -> float:
@@ -118,11 +146,20 @@ async def first_chunk_ms(node: Node, peer: PeerId, count: int) -> float:
 async def one_round(node: Node, peer: PeerId, quick: bool) -> dict[str, float]:
     n, total, size = (200, 2000, 16 << 20) if quick else (1000, 10000, 64 << 20)
     text = "x" * 64
+
+    def v1() -> Awaitable[Any]:
+        return send_task(node, peer, text)
+
+    def v2() -> Awaitable[Any]:
+        return run_task(node, peer, text)
+
+    v1_ms, v2_ms = await round_trip_pair(v1, v2, n)
+    v1_rate, v2_rate = await rate_pair(v1, v2, total)
     figures = {
-        "v1_task_64_p50_ms": await round_trips(lambda: send_task(node, peer, text), n),
-        "v2_task_64_p50_ms": await round_trips(lambda: run_task(node, peer, text), n),
-        "v1_tasks_per_s": await rate(lambda: send_task(node, peer, text), total),
-        "v2_tasks_per_s": await rate(lambda: run_task(node, peer, text), total),
+        "v1_task_64_p50_ms": v1_ms,
+        "v2_task_64_p50_ms": v2_ms,
+        "v1_tasks_per_s": v1_rate,
+        "v2_tasks_per_s": v2_rate,
         "bulk_mb_per_s": await bulk_mb_per_s(node, peer, size),
         "streamed_mb_per_s": await streamed_mb_per_s(node, peer, size),
         "first_chunk_p50_ms": await first_chunk_ms(node, peer, 50 if quick else 200),
