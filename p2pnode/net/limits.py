@@ -120,13 +120,15 @@ class MemoryBudget:
 
     def force(self, size: int) -> None:
         """Take ``size`` bytes here and above even past a limit (what we chose to hold)."""
-        budget: MemoryBudget | None = self
+        self.used += size
+        budget = self.parent
         while budget is not None:
             budget.used += size
             budget = budget.parent
 
     def release(self, size: int) -> None:
-        budget: MemoryBudget | None = self
+        self.used -= size
+        budget = self.parent
         while budget is not None:
             budget.used -= size
             budget = budget.parent
@@ -136,9 +138,11 @@ class MemoryBudget:
         room = self.limit - self.used
         budget = self.parent
         while budget is not None:
-            room = min(room, budget.limit - budget.used)
+            above = budget.limit - budget.used
+            if above < room:
+                room = above
             budget = budget.parent
-        return max(0, room)
+        return room if room > 0 else 0
 
 
 class PeerBudgets:

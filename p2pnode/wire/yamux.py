@@ -434,11 +434,16 @@ class YamuxSession:
                 note_refusal(events, stream_id, self.config.max_inbound_streams)
             return None
         credit = self._credit
-        if credit is not None and not credit.reserve(self._initial_window):
-            self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
-            note_refusal(events, stream_id, credit.room(), "peer_receive_memory")
-            return None
-        extra = self._grant()
+        if credit is None:
+            extra = self._grant(None)
+        else:
+            room = credit.room()
+            if room < self._initial_window:
+                self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
+                note_refusal(events, stream_id, room, "peer_receive_memory")
+                return None
+            extra = self._grant(room - self._initial_window)
+            credit.force(self._initial_window + extra)  # it fits: within room
         stream = _Stream(self._initial_window, self._initial_window + extra, True, extra)
         self._streams[stream_id] = stream
         self._inbound_count += 1
@@ -451,18 +456,16 @@ class YamuxSession:
             return stream_id <= self._highest_remote_id
         return stream_id < self._next_id
 
-    def _grant(self) -> int:
-        """Extra credit for a new stream, taken from the session's budget."""
-        room = self.config.max_connection_window - self._granted
-        extra = self._extra_credit if room >= self._extra_credit else room // 2
-        extra = max(0, min(extra, self._extra_credit))
-        credit = self._credit
-        if credit is not None and extra:
+    def _grant(self, room: int | None) -> int:
+        """Extra credit for a new stream, taken from the session's budget and, when there
+        is a shared pool, within ``room`` of it (what it has left besides the initial
+        window); the caller takes it from the pool."""
+        left = self.config.max_connection_window - self._granted
+        extra = self._extra_credit if left >= self._extra_credit else max(0, left // 2)
+        if room is not None and extra:
             # extra credit leaves the initial windows of CREDIT_FLOOR // INITIAL_WINDOW more
             # streams free: a burst of new streams is not refused for what earlier ones got
-            extra = min(extra, (credit.room() - CREDIT_FLOOR) // 2)
-            if extra <= 0 or not credit.reserve(extra):
-                extra = 0
+            extra = max(0, min(extra, (room - CREDIT_FLOOR) // 2))
         self._granted += extra
         return extra
 
@@ -514,9 +517,12 @@ class YamuxSession:
         if stream_id > _MAX_U32:
             raise TooManyStreamsError("yamux stream ids exhausted; open a new connection")
         self._next_id = stream_id + 2
-        if self._credit is not None:
-            self._credit.force(self._initial_window)  # our own stream: never refused
-        extra = self._grant()
+        credit = self._credit
+        if credit is None:
+            extra = self._grant(None)
+        else:  # our own stream: its initial window is never refused
+            extra = self._grant(max(0, credit.room() - self._initial_window))
+            credit.force(self._initial_window + extra)
         window = self._initial_window + extra
         self._streams[stream_id] = _Stream(self._initial_window, window, False, extra)
         self._unacked_outbound += 1
