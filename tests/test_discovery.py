@@ -176,3 +176,21 @@ def test_the_record_carries_relayed_addresses_and_a_peer_reads_them_back() -> No
     )
     many = [Multiaddr.from_string(f"/ip4/10.0.0.1/tcp/{port}") for port in range(2, 40)]
     assert len(MdnsDiscovery(ALICE, [listen], extra_addrs=many).advertised_addrs()) == 16
+
+
+def test_our_query_lists_our_own_record_so_our_responder_stays_quiet() -> None:
+    from zeroconf._dns import DNSRRSet
+    from zeroconf._protocol.incoming import DNSIncoming
+
+    listen = Multiaddr.from_string("/ip4/10.0.0.1/tcp/1")
+    quiet = MdnsDiscovery(ALICE, [])  # a querier with nothing to announce lists nothing
+    assert DNSIncoming(quiet.query_packet().packets()[0]).answers() == []
+    announcing = MdnsDiscovery(ALICE, [listen])
+    announcing._info = announcing.service_info()
+    assert announcing._info is not None
+    query = DNSIncoming(announcing.query_packet().packets()[0])
+    assert [q.name for q in query.questions] == ["_p2p._udp.local."]
+    known = DNSRRSet(query.answers())
+    assert known.suppresses(announcing._info.dns_pointer())  # our responder: no answer
+    other = MdnsDiscovery(BOB, [listen]).service_info()
+    assert other is not None and not known.suppresses(other.dns_pointer())  # others answer

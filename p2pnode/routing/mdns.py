@@ -20,12 +20,16 @@ import string
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2pnode.errors import DiscoveryError, P2PError
 from p2pnode.net.addresses import expand_wildcards
 from p2pnode.wire.identity import PeerId
 from p2pnode.wire.multiaddr import Multiaddr
+
+if TYPE_CHECKING:  # zeroconf is imported when discovery starts, not with this module
+    from zeroconf import ServiceInfo
+    from zeroconf._protocol.outgoing import DNSOutgoing
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +223,7 @@ class MdnsDiscovery:
         self._subscribers: list[asyncio.Queue[DiscoveryEvent]] = []
         self._changed = asyncio.Event()
         self._zeroconf: object | None = None
-        self._info: object | None = None
+        self._info: ServiceInfo | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def advertised_addrs(self) -> list[Multiaddr]:
@@ -260,19 +264,32 @@ class MdnsDiscovery:
 
     async def _announce(self) -> None:
         """Register our record, or update it when it is already registered."""
-        from zeroconf import ServiceInfo
         from zeroconf.asyncio import AsyncZeroconf
 
         azc = self._zeroconf
-        addrs = self.advertised_addrs()
-        if not isinstance(azc, AsyncZeroconf) or not addrs:
+        info = self.service_info()
+        if not isinstance(azc, AsyncZeroconf) or info is None:
             return
+        if self._info is None:
+            # Our name is random, so skip the ~1 s uniqueness probe and announce at once.
+            await azc.async_register_service(info, cooperating_responders=True)
+        else:
+            await azc.async_update_service(info)
+        self._info = info
+
+    def service_info(self) -> ServiceInfo | None:
+        """Our record as zeroconf announces it (None: no address to announce)."""
+        from zeroconf import ServiceInfo
+
+        addrs = self.advertised_addrs()
+        if not addrs:
+            return None
         ips = [
             ipaddress.ip_address(a.value_for("ip4") or "").packed
             for a in addrs
             if a.value_for("ip4") and not a.is_circuit
         ]
-        info = ServiceInfo(
+        return ServiceInfo(
             SERVICE_TYPE,
             self._instance,
             port=_first_port(addrs),
@@ -282,12 +299,6 @@ class MdnsDiscovery:
             host_ttl=self.ttl,
             other_ttl=self.ttl,
         )
-        if self._info is None:
-            # Our name is random, so skip the ~1 s uniqueness probe and announce at once.
-            await azc.async_register_service(info, cooperating_responders=True)
-        else:
-            await azc.async_update_service(info)
-        self._info = info
 
     async def stop(self) -> None:
         """Say goodbye (TTL 0) and leave; idempotent."""
@@ -342,16 +353,25 @@ class MdnsDiscovery:
     # -- internals --------------------------------------------------------------------
 
     def _query(self) -> None:
-        from zeroconf._dns import DNSQuestion
-        from zeroconf._protocol.outgoing import DNSOutgoing
         from zeroconf.asyncio import AsyncZeroconf
-        from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
 
         azc = self._zeroconf
         if isinstance(azc, AsyncZeroconf):
-            out = DNSOutgoing(_FLAGS_QR_QUERY)
-            out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
-            azc.zeroconf.async_send(out)
+            azc.zeroconf.async_send(self.query_packet())
+
+    def query_packet(self) -> DNSOutgoing:
+        """A query for every peer's record, listing ours as a known answer when we announce
+        one (RFC 6762 s7.1): else our own responder answers it, and having multicast our
+        record it then stays silent to everyone else's queries for a second (s6)."""
+        from zeroconf._dns import DNSQuestion
+        from zeroconf._protocol.outgoing import DNSOutgoing
+        from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
+
+        out = DNSOutgoing(_FLAGS_QR_QUERY)
+        out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+        if self._info is not None:
+            out.add_answer_at_time(self._info.dns_pointer(), 0)
+        return out
 
     async def _maintain(self) -> None:
         """Query again 1 s and 3 s after starting, then every ``query_interval`` seconds;
