@@ -620,8 +620,7 @@ class TaskService2:
             if size > server.max_response_size:
                 raise _Refused(ErrorCode.FAILED, f"output of {size} bytes exceeds "
                                f"{server.max_response_size}: ask for a stream")  # fmt: skip
-            elapsed = round((time.perf_counter() - started) * 1000)  # (_elapsed_ms, inlined)
-            outcome: Outcome = Completed(request.id, parts, elapsed)
+            outcome: Outcome = Completed(request.id, parts, _elapsed_ms(started))
         except (Exception, asyncio.CancelledError) as exc:
             outcome = self._failure(exc, request, stream, this, timeout, started)
         finally:
