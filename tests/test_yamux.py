@@ -798,6 +798,52 @@ def test_sessions_of_one_peer_share_its_receive_credit() -> None:
     assert peer.used == 0
 
 
+class CountingBudget(MemoryBudget):
+    """A peer's budget that counts how often a session comes to it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.calls = 0
+
+    def room(self) -> int:
+        self.calls += 1
+        return super().room()
+
+    def force(self, size: int) -> None:
+        self.calls += 1
+        super().force(size)
+
+    def release(self, size: int) -> None:
+        self.calls += 1
+        super().release(size)
+
+
+def test_a_busy_session_leases_credit_of_closed_streams_and_an_idle_one_holds_none() -> None:
+    mib = 1024 * 1024
+    peer = CountingBudget(64 * mib)
+    config = YamuxConfig(max_receive_window=mib)
+    client = YamuxSession(is_client=True, config=config)
+    server = YamuxSession(is_client=False, config=config, credit=peer)
+    keep, first, second = (client.open_stream() for _ in range(3))
+    exchange(client, server)
+    assert peer.used == 3 * mib
+    client.reset_stream(first)
+    exchange(client, server)
+    assert peer.used == 3 * mib  # leased: `keep` is still open
+    calls = peer.calls
+    third = client.open_stream()
+    exchange(client, server)
+    assert client.send_window(third) == mib  # a whole window, from the lease
+    assert peer.calls == calls and peer.used == 3 * mib  # without a trip to the pool
+    client.reset_stream(second)
+    client.reset_stream(third)
+    exchange(client, server)
+    assert peer.used == 2 * mib  # `keep` and a lease of at most one window
+    client.reset_stream(keep)
+    exchange(client, server)
+    assert peer.used == 0  # no stream left: nothing is kept
+
+
 def test_streams_we_open_always_get_their_initial_window() -> None:
     peer = MemoryBudget(INITIAL_WINDOW)
     client = YamuxSession(is_client=True, config=YamuxConfig(), credit=peer)

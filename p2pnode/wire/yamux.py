@@ -177,7 +177,7 @@ class _Stream:
         self.send_window = send_window  # bytes we may still send
         self.recv_window = recv_window  # bytes the peer may still send
         self.extra = extra  # credit granted beyond the initial window (from the session's budget)
-        self.threshold = max(1, recv_window // 2)  # credit given back in one WindowUpdate
+        self.threshold = (recv_window + 1) >> 1  # credit given back in one WindowUpdate (>= 1)
         self.unconsumed = 0  # delivered in events, not yet reported by consumed()
         self.pending_credit = 0  # consumed, not yet returned in a WindowUpdate
         self.acked = acked
@@ -204,11 +204,18 @@ class YamuxSession:
         self.config = config if config is not None else YamuxConfig()
         # shared with the peer's other connections: each stream's whole window is held in it
         self._credit = credit
+        # Taken from ``credit`` but held by no stream: the window of a stream that closed
+        # while others stay open, kept (up to one full window) for the next stream, so a
+        # busy session does not go to the shared pool for every stream. Given back when
+        # the session's last stream goes, so an idle session holds nothing.
+        self._lease = 0
+        self._lease_cap = self.config.max_receive_window if credit is not None else -1
         self.is_client = is_client
         self._initial_window = self.config.initial_window
         self._target_window = self.config.max_receive_window
         self._extra_credit = self._target_window - self._initial_window
-        self._granted = 0  # extra credit of the open streams (<= max_connection_window)
+        # what max_connection_window has left for the extra credit of new streams
+        self._window_left = self.config.max_connection_window
         self._max_frame = self.config.max_frame_payload
         self._next_id = 1 if is_client else 2
         self._remote_parity = 0 if is_client else 1
@@ -433,18 +440,14 @@ class YamuxSession:
             if not self._local_goaway:
                 note_refusal(events, stream_id, self.config.max_inbound_streams)
             return None
-        credit = self._credit
-        if credit is None:
-            extra = self._grant(None)
-        else:
-            room = credit.room()
-            if room < self._initial_window:
-                self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
-                note_refusal(events, stream_id, room, "peer_receive_memory")
-                return None
-            extra = self._grant(room - self._initial_window)
-            credit.force(self._initial_window + extra)  # it fits: within room
-        stream = _Stream(self._initial_window, self._initial_window + extra, True, extra)
+        extra = self._take_credit(True)
+        if extra < 0:
+            room = self._lease + (self._credit.room() if self._credit is not None else 0)
+            self._out.append(_pack_header(0, _WINDOW_UPDATE, _RST, stream_id, 0))
+            note_refusal(events, stream_id, room, "peer_receive_memory")
+            return None
+        initial = self._initial_window
+        stream = _Stream(initial, initial + extra, True, extra)
         self._streams[stream_id] = stream
         self._inbound_count += 1
         self._out.append(_pack_header(0, _WINDOW_UPDATE, _ACK, stream_id, extra))
@@ -456,28 +459,65 @@ class YamuxSession:
             return stream_id <= self._highest_remote_id
         return stream_id < self._next_id
 
-    def _grant(self, room: int | None) -> int:
-        """Extra credit for a new stream, taken from the session's budget and, when there
-        is a shared pool, within ``room`` of it (what it has left besides the initial
-        window); the caller takes it from the pool."""
-        left = self.config.max_connection_window - self._granted
-        extra = self._extra_credit if left >= self._extra_credit else max(0, left // 2)
-        if room is not None and extra:
-            # extra credit leaves the initial windows of CREDIT_FLOOR // INITIAL_WINDOW more
-            # streams free: a burst of new streams is not refused for what earlier ones got
-            extra = max(0, min(extra, (room - CREDIT_FLOOR) // 2))
-        self._granted += extra
+    def _take_credit(self, inbound: bool) -> int:
+        """Take a new stream's receive window; return its credit beyond the initial window.
+
+        The extra credit is limited by what ``max_connection_window`` has left and, with a
+        shared pool, by the pool's room; the window comes from the lease, or else the
+        pool. -1 (nothing taken) refuses an inbound stream whose initial window does not
+        fit in the pool; streams we open always get their initial window.
+        """
+        left = self._window_left
+        extra = self._extra_credit
+        if left < extra:
+            extra = left >> 1
+        lease = self._lease
+        size = self._initial_window + extra
+        if lease >= size:  # a busy session: no trip to the pool
+            self._lease = lease - size
+            self._window_left = left - extra
+            return extra
+        credit = self._credit
+        if credit is not None:
+            initial = self._initial_window
+            room = credit.room() + lease
+            if inbound and room < initial:
+                return -1
+            if extra:
+                # extra credit leaves the initial windows of CREDIT_FLOOR // INITIAL_WINDOW
+                # more streams free: a burst of new streams is not refused for what
+                # earlier ones got
+                extra = max(0, min(extra, (room - initial - CREDIT_FLOOR) // 2))
+            need = initial + extra - lease
+            if need > 0:
+                credit.force(need)  # within room, or our own stream's initial window
+                self._lease = 0
+            else:
+                self._lease = -need
+        self._window_left = left - extra
         return extra
 
     def _forget(self, stream_id: int, stream: _Stream) -> None:
         """Update the counters for a stream just removed from the table."""
-        self._granted -= stream.extra
-        if self._credit is not None:
-            self._credit.release(self._initial_window + stream.extra)
+        extra = stream.extra
+        self._window_left += extra
+        lease = self._lease + self._initial_window + extra
+        if lease <= self._lease_cap and self._streams:
+            self._lease = lease
+        else:
+            self._return_lease(lease)
         if stream_id & 1 == self._remote_parity:
             self._inbound_count -= 1
         elif not stream.acked:
             self._unacked_outbound -= 1
+
+    def _return_lease(self, lease: int) -> None:
+        """Keep at most one full window of ``lease``, none once no stream is left."""
+        credit = self._credit
+        keep = min(lease, self._lease_cap) if self._streams else 0
+        if credit is not None:
+            credit.release(lease - keep)
+        self._lease = keep if keep > 0 else 0
 
     def _reset(self, stream_id: int, stream: _Stream) -> None:
         del self._streams[stream_id]
@@ -517,14 +557,9 @@ class YamuxSession:
         if stream_id > _MAX_U32:
             raise TooManyStreamsError("yamux stream ids exhausted; open a new connection")
         self._next_id = stream_id + 2
-        credit = self._credit
-        if credit is None:
-            extra = self._grant(None)
-        else:  # our own stream: its initial window is never refused
-            extra = self._grant(max(0, credit.room() - self._initial_window))
-            credit.force(self._initial_window + extra)
-        window = self._initial_window + extra
-        self._streams[stream_id] = _Stream(self._initial_window, window, False, extra)
+        extra = self._take_credit(False)
+        initial = self._initial_window
+        self._streams[stream_id] = _Stream(initial, initial + extra, False, extra)
         self._unacked_outbound += 1
         self._out.append(_pack_header(0, _WINDOW_UPDATE, _SYN, stream_id, extra))
         return stream_id
@@ -646,7 +681,10 @@ class YamuxSession:
         credit, self._credit = self._credit, None
         if credit is not None:
             initial = self._initial_window
-            credit.release(sum(initial + stream.extra for stream in self._streams.values()))
+            held = sum(initial + stream.extra for stream in self._streams.values())
+            credit.release(self._lease + held)
+            self._lease = 0
+            self._lease_cap = -1
 
     # -- introspection (for tests and the connection layer) ----------------------
 
