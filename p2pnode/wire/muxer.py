@@ -13,15 +13,18 @@ from typing import Protocol
 
 Buffer = bytes | bytearray | memoryview
 
+# The events are plain (not frozen) slotted dataclasses: a frozen one's __init__ goes
+# through object.__setattr__ for every field, and a session makes several per message.
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass(slots=True)
 class StreamOpened:
     """The peer opened a new stream."""
 
     stream_id: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class StreamData:
     """Payload arrived on a stream. Report it with ``consumed`` once the application reads it."""
 
@@ -29,14 +32,14 @@ class StreamData:
     data: bytes
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class StreamEnded:
     """The peer half-closed the stream: it will send no more data."""
 
     stream_id: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class StreamReset:
     """The stream was reset, by the peer or by the session itself (e.g. buffer overflow)."""
 
@@ -44,14 +47,14 @@ class StreamReset:
     reason: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SendWindowOpened:
     """The peer granted more send credit on a stream (yamux flow control)."""
 
     stream_id: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class PongReceived:
     """The answer to one of our pings (``opaque`` is the value ``ping()`` returned)."""
 
@@ -83,7 +86,7 @@ def note_refusal(
         events.append(StreamRefused(stream_id, limit, reason))
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class GoAwayReceived:
     """The peer will accept no new streams. ``code`` 0 is a normal shutdown."""
 
