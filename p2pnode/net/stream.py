@@ -290,6 +290,9 @@ class Stream:
         dialer = self._negotiation
         assert dialer is not None
         self._negotiation = None
+        # the deferred FIN is ours to send now: the receive path need not try to finish
+        # the negotiation for us while we wait
+        fin, self._fin_deferred = self._fin_deferred, False
         taken = 0
         while not dialer.done:
             chunk = await self._read_raw()
@@ -302,7 +305,9 @@ class Stream:
                 )
         self.protocol = dialer.selected
         self._return_unused(taken, dialer.leftover())
-        self._send_deferred_fin()
+        if fin or self._fin_deferred:
+            self._fin_deferred = True
+            self._send_deferred_fin()
 
     def _negotiate_buffered(self) -> None:
         """Finish an optimistic negotiation from what is buffered, without waiting.
@@ -447,7 +452,8 @@ class Stream:
             # finished negotiating it. The data already went out; the FIN follows the
             # confirmation, which costs nothing against a peer that answers at once.
             self._fin_deferred = True
-            self._negotiate_buffered()
+            if self._chunks:  # the answer may be here already
+                self._negotiate_buffered()
             return
         self._conn.stream_close_write(self.stream_id)
 
