@@ -62,7 +62,8 @@ WRITE_BUFFER_HIGH = 1024 * 1024  # unsent bytes in the transport before writers 
 # The bound holds for the unsent bytes of all of a peer's connections together.
 MAX_UNSENT = 5 * WRITE_BUFFER_HIGH
 STALL_TIMEOUT = 30.0
-# new inbound streams whose handlers start in one loop iteration; a burst waits its turn
+# new inbound streams whose handlers start per read (one read per connection and loop
+# iteration); a burst waits its turn
 INBOUND_STARTS_PER_ITERATION = 16
 
 
@@ -114,7 +115,7 @@ class Connection(asyncio.BufferedProtocol):
         self.bytes_received = 0  # on the wire, after the handshake
         self.bytes_sent = 0
         self._slot_waiters: list[asyncio.Future[None]] = []  # open_stream calls queued
-        self._inbound_started = 0  # handlers started in this loop iteration
+        self._inbound_started = 0  # handlers started by the current read
         self._inbound_queue: deque[Stream] = deque()  # new streams of a burst, waiting
         # told when the muxer refuses an inbound stream over its limit (Node counts it)
         self.on_stream_refused: Callable[[Connection, StreamRefused], None] | None = None
@@ -299,6 +300,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_received += nbytes
+        self._inbound_started = 0
         buffers = _buffers
         try:
             plaintext = self._secure.receive_into(buffers.socket_view[:nbytes], buffers.plaintext)
@@ -378,6 +380,7 @@ class Connection(asyncio.BufferedProtocol):
             stream = Stream(self, event.stream_id)
             streams[event.stream_id] = stream
             if self._inbound_started < INBOUND_STARTS_PER_ITERATION:
+                self._inbound_started += 1
                 self._start_handler(stream)
             else:  # a burst: the rest start in later loop iterations (see _start_queued)
                 self._inbound_queue.append(stream)
@@ -405,15 +408,9 @@ class Connection(asyncio.BufferedProtocol):
             self.on_stream_refused(self, event)
 
     def _start_handler(self, stream: Stream) -> None:
-        if not self._inbound_started:
-            self.loop.call_soon(self._reset_inbound_count)
-        self._inbound_started += 1
         task = self.loop.create_task(self._on_inbound_stream(stream))
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
-
-    def _reset_inbound_count(self) -> None:
-        self._inbound_started = 0
 
     def _start_queued(self) -> None:
         """Start the next few handlers of a burst of new streams.
@@ -441,24 +438,32 @@ class Connection(asyncio.BufferedProtocol):
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
             self._flush_handle = None
         self._unflushed = 0
         out = self._muxer.data_to_send()
-        handshake = self._unsent_handshake
-        if (out or handshake) and not self._transport.is_closing():
-            transport = self._transport
-            sealed = self._secure.encrypt(out) if out else b""
-            if handshake:  # once per connection, at most
-                self._unsent_handshake = b""
-                transport.write(handshake + sealed)
-            else:
-                transport.write(sealed)
+        if self._unsent_handshake:  # once per connection, at most
+            self._flush_first(out)
+        elif out and not self._transport.is_closing():
+            sealed = self._secure.encrypt(out)
+            self._transport.write(sealed)
             self.bytes_sent += len(sealed)
-            backed_up = self.write_paused and self._stall_handle is None
-            if backed_up and self._peer_unsent() > MAX_UNSENT:
-                self._stop_reading()
+            if self.write_paused and self._stall_handle is None:
+                self._backed_up()
+
+    def _flush_first(self, out: bytes) -> None:
+        """The first flush of a connection we dialed: Noise's last message goes first."""
+        handshake, self._unsent_handshake = self._unsent_handshake, b""
+        if not self._transport.is_closing():
+            sealed = self._secure.encrypt(out) if out else b""
+            self._transport.write(handshake + sealed)
+            self.bytes_sent += len(sealed)
+
+    def _backed_up(self) -> None:
+        if self._peer_unsent() > MAX_UNSENT:
+            self._stop_reading()
 
     def _peer_unsent(self) -> int:
         """Bytes queued for the peer on all its connections (at most a few of them)."""
