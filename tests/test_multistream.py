@@ -57,6 +57,17 @@ def test_exact_bytes_of_a_successful_negotiation() -> None:
     assert dialer.done and listener.done
 
 
+def test_a_long_proposal_and_a_header_that_is_almost_ours() -> None:
+    name = "/" + "x" * 200  # a two-byte length prefix
+    dialer = MultistreamDialer([name])
+    listener = MultistreamListener([name])
+    negotiate(dialer, listener, 1000)
+    assert dialer.selected == listener.selected == name
+    other = MultistreamListener(["/noise"])
+    with pytest.raises(DecodeError, match="header"):
+        other.receive_data(b"\x13/multistream/2.0.0\n\x07/noise\n")
+
+
 def test_everything_refused() -> None:
     dialer = MultistreamDialer(["/a", "/b"])
     listener = MultistreamListener(["/c"])

@@ -27,6 +27,7 @@ def encode_message(line: str) -> bytes:
 
 
 _HEADER = encode_message(PROTOCOL_HEADER)
+_HEADER_SIZE = len(_HEADER)
 _NA = encode_message(NOT_AVAILABLE)
 
 
@@ -36,22 +37,14 @@ class _MessageReader:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-
     def next_message(self) -> str | None:
         buffer = self._buffer
-        try:
-            header = decode_uvarint(buffer)
-        except DecodeError as exc:
-            raise DecodeError(
-                f"peer does not speak multistream-select: bad length prefix ({exc})"
-            ) from None
-        if header is None:
-            if len(buffer) >= 2:  # a valid length (< MAX_MESSAGE_SIZE) takes at most 2 bytes
-                raise DecodeError("multistream length prefix is too long")
-            return None
-        size, start = header
+        if buffer and buffer[0] < 0x80:  # a one-byte length: most messages
+            size, start = buffer[0], 1
+        else:
+            size, start = self._long_length(buffer)
+            if not start:
+                return None
         if size > MAX_MESSAGE_SIZE:
             raise DecodeError(
                 f"multistream message of {size} bytes exceeds {MAX_MESSAGE_SIZE}: "
@@ -68,6 +61,21 @@ class _MessageReader:
             return raw.decode()
         except UnicodeDecodeError:
             raise DecodeError("multistream message is not UTF-8") from None
+
+    @staticmethod
+    def _long_length(buffer: bytearray) -> tuple[int, int]:
+        """The length prefix and its size; (0, 0) while it is incomplete."""
+        try:
+            header = decode_uvarint(buffer)
+        except DecodeError as exc:
+            raise DecodeError(
+                f"peer does not speak multistream-select: bad length prefix ({exc})"
+            ) from None
+        if header is None:
+            if len(buffer) >= 2:  # a valid length (< MAX_MESSAGE_SIZE) takes at most 2 bytes
+                raise DecodeError("multistream length prefix is too long")
+            return 0, 0
+        return header
 
     def rest(self) -> bytes:
         rest = bytes(self._buffer)
@@ -101,9 +109,13 @@ class _Negotiation:
         return self._leftover
 
     def _feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self.done:
+        if self.selected is not None:
             raise DecodeError("negotiation already finished")
-        self._reader.feed(data)
+        buffer = self._reader._buffer
+        buffer += data
+        if not self._header_seen and buffer.startswith(_HEADER):  # at once, unparsed
+            del buffer[:_HEADER_SIZE]
+            self._header_seen = True
 
     def _select(self, protocol: str) -> None:
         self.selected = protocol
@@ -178,6 +190,9 @@ class MultistreamListener(_Negotiation):
         """Feed the dialer's bytes; return our answers."""
         self._feed(data)
         out = bytearray()
+        if self._header_seen and not self._header_sent:
+            out += _HEADER
+            self._header_sent = True
         while (message := self._reader.next_message()) is not None:
             if not self._header_seen:
                 _check_header(message)
