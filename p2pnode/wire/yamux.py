@@ -209,7 +209,6 @@ class YamuxSession:
         # busy session does not go to the shared pool for every stream. Given back when
         # the session's last stream goes, so an idle session holds nothing.
         self._lease = 0
-        self._lease_cap = self.config.max_receive_window if credit is not None else -1
         self.is_client = is_client
         self._initial_window = self.config.initial_window
         self._target_window = self.config.max_receive_window
@@ -472,26 +471,23 @@ class YamuxSession:
         if left < extra:
             extra = left >> 1
         lease = self._lease
-        size = self._initial_window + extra
-        if lease >= size:  # a busy session: no trip to the pool
-            self._lease = lease - size
-            self._window_left = left - extra
-            return extra
-        credit = self._credit
-        if credit is not None:
-            initial = self._initial_window
-            room = credit.room() + lease
+        initial = self._initial_window
+        if lease >= initial + extra:  # a busy session: no trip to the pool
+            self._lease = lease - initial - extra
+        elif self._credit is not None:
+            room = self._credit.room() + lease
             if inbound and room < initial:
                 return -1
-            if extra:
-                # extra credit leaves the initial windows of CREDIT_FLOOR // INITIAL_WINDOW
-                # more streams free: a burst of new streams is not refused for what
-                # earlier ones got
-                extra = max(0, min(extra, (room - initial - CREDIT_FLOOR) // 2))
+            # extra credit leaves the initial windows of CREDIT_FLOOR // INITIAL_WINDOW
+            # more streams free: a burst of new streams is not refused for what earlier
+            # ones got
+            spare = room - initial - CREDIT_FLOOR
+            if spare < 2 * extra:
+                extra = spare >> 1 if spare > 0 else 0
             need = initial + extra - lease
             if need > 0:
-                credit.force(need)  # within room, or our own stream's initial window
                 self._lease = 0
+                self._credit.force(need)  # within room, or our own stream's initial window
             else:
                 self._lease = -need
         self._window_left = left - extra
@@ -501,23 +497,22 @@ class YamuxSession:
         """Update the counters for a stream just removed from the table."""
         extra = stream.extra
         self._window_left += extra
-        lease = self._lease + self._initial_window + extra
-        if lease <= self._lease_cap and self._streams:
-            self._lease = lease
-        else:
-            self._return_lease(lease)
+        credit = self._credit
+        if credit is not None:
+            # the lease keeps at most one full window, and none once no stream is left
+            lease = self._lease + self._initial_window + extra
+            if not self._streams:
+                self._lease = 0
+                credit.release(lease)
+            elif lease <= self._target_window:
+                self._lease = lease
+            else:
+                self._lease = self._target_window
+                credit.release(lease - self._target_window)
         if stream_id & 1 == self._remote_parity:
             self._inbound_count -= 1
         elif not stream.acked:
             self._unacked_outbound -= 1
-
-    def _return_lease(self, lease: int) -> None:
-        """Keep at most one full window of ``lease``, none once no stream is left."""
-        credit = self._credit
-        keep = min(lease, self._lease_cap) if self._streams else 0
-        if credit is not None:
-            credit.release(lease - keep)
-        self._lease = keep if keep > 0 else 0
 
     def _reset(self, stream_id: int, stream: _Stream) -> None:
         del self._streams[stream_id]
@@ -574,23 +569,26 @@ class YamuxSession:
         window = stream.send_window
         if type(data) is bytes:
             payload = data
-            size = min(len(data), window)
+            size = len(data)
+            if size > window:
+                size = window
         else:
             # One copy of what we send: the caller may reuse its bytearray/memoryview.
             view = memoryview(data)
             if view.itemsize != 1:
                 view = view.cast("B")
-            size = min(view.nbytes, window)
-            payload = view[:size].tobytes()
-        if size == 0:
+            payload = view[:window].tobytes()
+            size = len(payload)
+        if not size:
             return 0
         stream.send_window = window - size
-        out = self._out
-        max_frame = self._max_frame
-        if size <= max_frame:
+        if size <= self._max_frame:
+            out = self._out
             out.append(_pack_header(0, _DATA, 0, stream_id, size))
             out.append(payload if size == len(payload) else memoryview(payload)[:size])
             return size
+        out = self._out
+        max_frame = self._max_frame
         view = memoryview(payload)
         for start in range(0, size, max_frame):
             chunk = view[start : min(start + max_frame, size)]
@@ -684,7 +682,6 @@ class YamuxSession:
             held = sum(initial + stream.extra for stream in self._streams.values())
             credit.release(self._lease + held)
             self._lease = 0
-            self._lease_cap = -1
 
     # -- introspection (for tests and the connection layer) ----------------------
 
