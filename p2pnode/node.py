@@ -132,6 +132,7 @@ class Node:
         self._serving: dict[tuple[bytes, str], int] = {}  # inbound streams in a handler
         self._closed_traffic = (0, 0)  # bytes sent and received by closed connections
         self._handlers: dict[str, StreamHandler] = {}
+        self._serves = self._handlers.__contains__
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[Connection]] = {}
         self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
@@ -299,7 +300,6 @@ class Node:
         counted per peer and protocol.
         """
         conn = stream.connection
-        assert isinstance(conn, Connection)
         limits = self.config.limits
         if conn.negotiating_streams >= limits.max_negotiating_streams:
             self.refusals.refuse(
@@ -312,7 +312,7 @@ class Node:
         conn.negotiating_streams += 1
         negotiating = True
         try:
-            selector = MultistreamListener(self._handlers.__contains__)
+            selector = MultistreamListener(self._serves)
             taken = 0
             stream.set_deadline(self.config.negotiation_timeout)
             try:

@@ -34,6 +34,7 @@ class StreamOwner(Protocol):
     remote_addr: Multiaddr
     local_addr: Multiaddr
     write_paused: bool  # the socket is behind: writers wait for drained()
+    negotiating_streams: int  # inbound streams still choosing a protocol (the node counts)
     limited: bool  # a relayed circuit, capped in duration and data by its relay
 
     def flush_pending(self) -> None:

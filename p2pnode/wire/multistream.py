@@ -31,18 +31,49 @@ _HEADER_SIZE = len(_HEADER)
 _NA = encode_message(NOT_AVAILABLE)
 
 
-class _MessageReader:
-    """Cuts multistream messages out of a byte stream."""
+def _check_header(message: str) -> None:
+    if message != PROTOCOL_HEADER:
+        raise DecodeError(
+            f"peer does not speak multistream-select 1.0 (got {message[:64]!r} as header)"
+        )
+
+
+class _Negotiation:
+    """What both sides share: the received bytes cut into messages, the outcome, the
+    bytes after it."""
+
+    # defaults on the class: one negotiation per stream sets only what changes
+    _header_seen = False
+    _leftover = b""
+    selected: str | None = None
 
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def next_message(self) -> str | None:
+    @property
+    def done(self) -> bool:
+        """True once a protocol was agreed."""
+        return self.selected is not None
+
+    def leftover(self) -> bytes:
+        """Bytes received after the agreement; they belong to the selected protocol."""
+        return self._leftover
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self.selected is not None:
+            raise DecodeError("negotiation already finished")
+        buffer = self._buffer
+        buffer += data
+        if not self._header_seen and buffer.startswith(_HEADER):  # at once, unparsed
+            del buffer[:_HEADER_SIZE]
+            self._header_seen = True
+
+    def _next_message(self) -> str | None:
         buffer = self._buffer
         if buffer and buffer[0] < 0x80:  # a one-byte length: most messages
             size, start = buffer[0], 1
         else:
-            size, start = self._long_length(buffer)
+            size, start = _long_length(buffer)
             if not start:
                 return None
         if size > MAX_MESSAGE_SIZE:
@@ -62,64 +93,25 @@ class _MessageReader:
         except UnicodeDecodeError:
             raise DecodeError("multistream message is not UTF-8") from None
 
-    @staticmethod
-    def _long_length(buffer: bytearray) -> tuple[int, int]:
-        """The length prefix and its size; (0, 0) while it is incomplete."""
-        try:
-            header = decode_uvarint(buffer)
-        except DecodeError as exc:
-            raise DecodeError(
-                f"peer does not speak multistream-select: bad length prefix ({exc})"
-            ) from None
-        if header is None:
-            if len(buffer) >= 2:  # a valid length (< MAX_MESSAGE_SIZE) takes at most 2 bytes
-                raise DecodeError("multistream length prefix is too long")
-            return 0, 0
-        return header
-
-    def rest(self) -> bytes:
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        return rest
-
-
-def _check_header(message: str) -> None:
-    if message != PROTOCOL_HEADER:
-        raise DecodeError(
-            f"peer does not speak multistream-select 1.0 (got {message[:64]!r} as header)"
-        )
-
-
-class _Negotiation:
-    """What both sides share: the message reader, the outcome, the bytes after it."""
-
-    def __init__(self) -> None:
-        self._header_seen = False
-        self._reader = _MessageReader()
-        self._leftover = b""
-        self.selected: str | None = None
-
-    @property
-    def done(self) -> bool:
-        """True once a protocol was agreed."""
-        return self.selected is not None
-
-    def leftover(self) -> bytes:
-        """Bytes received after the agreement; they belong to the selected protocol."""
-        return self._leftover
-
-    def _feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self.selected is not None:
-            raise DecodeError("negotiation already finished")
-        buffer = self._reader._buffer
-        buffer += data
-        if not self._header_seen and buffer.startswith(_HEADER):  # at once, unparsed
-            del buffer[:_HEADER_SIZE]
-            self._header_seen = True
-
     def _select(self, protocol: str) -> None:
         self.selected = protocol
-        self._leftover = self._reader.rest()
+        self._leftover = bytes(self._buffer)
+        self._buffer.clear()
+
+
+def _long_length(buffer: bytearray) -> tuple[int, int]:
+    """A message's length prefix and its size; (0, 0) while it is incomplete."""
+    try:
+        header = decode_uvarint(buffer)
+    except DecodeError as exc:
+        raise DecodeError(
+            f"peer does not speak multistream-select: bad length prefix ({exc})"
+        ) from None
+    if header is None:
+        if len(buffer) >= 2:  # a valid length (< MAX_MESSAGE_SIZE) takes at most 2 bytes
+            raise DecodeError("multistream length prefix is too long")
+        return 0, 0
+    return header
 
 
 class MultistreamDialer(_Negotiation):
@@ -147,7 +139,7 @@ class MultistreamDialer(_Negotiation):
         """Feed the listener's bytes; return what to send next (the next proposal, or b"")."""
         self._feed(data)
         out = b""
-        while (message := self._reader.next_message()) is not None:
+        while (message := self._next_message()) is not None:
             if not self._header_seen:
                 _check_header(message)
                 self._header_seen = True
@@ -170,16 +162,17 @@ class MultistreamDialer(_Negotiation):
 class MultistreamListener(_Negotiation):
     """The side that accepts one of the dialer's proposals."""
 
+    _header_sent = False
+    _refusals = 0
+    _listing: Sequence[str] = ()
+
     def __init__(self, supported: Callable[[str], bool] | Collection[str]) -> None:
-        super().__init__()
+        self._buffer = bytearray()
         if callable(supported):
             self._supports = supported
-            self._listing: list[str] = []
         else:
             self._listing = sorted(supported)
             self._supports = set(supported).__contains__
-        self._header_sent = False
-        self._refusals = 0
 
     def initial_bytes(self) -> bytes:
         """Our header, for callers that want to send it before the dialer's arrives."""
@@ -193,7 +186,7 @@ class MultistreamListener(_Negotiation):
         if self._header_seen and not self._header_sent:
             out += _HEADER
             self._header_sent = True
-        while (message := self._reader.next_message()) is not None:
+        while (message := self._next_message()) is not None:
             if not self._header_seen:
                 _check_header(message)
                 self._header_seen = True
