@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,9 @@ class Node:
         self._serves = self._handlers.__contains__
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[Connection]] = {}
+        # open inbound connections by remote IP address (the per-IP limit), kept as they
+        # come and go: counting them on each accept would scan every connection
+        self._inbound_per_ip: Counter[str | None] = Counter()
         self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
         self._event_callbacks: list[Callable[[ConnectionEvent], None]] = []
         self._address_callbacks: list[Callable[[list[Multiaddr]], None]] = []
@@ -402,15 +406,9 @@ class Node:
             return
         if not self._room_for_peer(conn):
             return
-        limits = self.config.limits
-        ip = conn.remote_addr.value_for("ip4") or conn.remote_addr.value_for("ip6")
-        from_ip = sum(
-            1
-            for c in self.connections()
-            if not c.is_initiator
-            and (c.remote_addr.value_for("ip4") or c.remote_addr.value_for("ip6")) == ip
-        )
-        if from_ip >= limits.max_inbound_connections_per_ip:
+        ip = _ip_of(conn)
+        from_ip = self._inbound_per_ip[ip]
+        if from_ip >= self.config.limits.max_inbound_connections_per_ip:
             self.refusals.refuse("max_inbound_connections_per_ip", str(ip), f"{from_ip} open")
             conn._abort(ConnectionClosedError("too many connections from this address"))
             return
@@ -445,6 +443,8 @@ class Node:
         siblings = self._connections.setdefault(conn.remote_peer, [])
         siblings.append(conn)
         conn.siblings = siblings
+        if not conn.is_initiator:
+            self._inbound_per_ip[_ip_of(conn)] += 1
         conn.on_close(self._unregister)
         direction = "outbound" if conn.is_initiator else "inbound"
         self._emit(
@@ -468,6 +468,13 @@ class Node:
         conns = self._connections.get(conn.remote_peer, [])
         if conn in conns:
             conns.remove(conn)
+            if not conn.is_initiator:
+                ip = _ip_of(conn)
+                left = self._inbound_per_ip[ip] - 1
+                if left > 0:
+                    self._inbound_per_ip[ip] = left
+                else:
+                    del self._inbound_per_ip[ip]
         if not conns:
             self._connections.pop(conn.remote_peer, None)
         direction = "outbound" if conn.is_initiator else "inbound"
@@ -642,6 +649,8 @@ class Node:
         addrs = usable
         if not addrs:
             raise DialError(f"no address to dial for {peer}")
+        if len(addrs) == 1:  # nothing to stagger: no task and no wait of our own
+            return await self._dial_addr(addrs[0].with_peer_id(peer))
         errors: list[str] = []
         failures: list[BaseException] = []
         attempts: dict[asyncio.Task[Connection], Multiaddr] = {}
@@ -962,3 +971,9 @@ class Node:
 
 def _is_circuit(addr: Multiaddr) -> bool:
     return addr.is_circuit
+
+
+def _ip_of(conn: Connection) -> str | None:
+    """The IP address a connection comes from (a relayed one: its relay's)."""
+    addr = conn.remote_addr
+    return addr.value_for("ip4") or addr.value_for("ip6")

@@ -46,6 +46,28 @@ async def test_connections_beyond_the_per_peer_limit_are_closed() -> None:
         await server.stop()
 
 
+async def test_inbound_connections_per_ip_are_counted_as_they_come_and_go() -> None:
+    server = await limited_server(max_inbound_connections_per_ip=2)
+    clients = [Node(Identity.generate()) for _ in range(4)]
+    try:
+        first, second, third = [await c.dial(addr_of(server)) for c in clients[:3]]
+        async with asyncio.timeout(10):
+            await third.wait_closed()  # the third from 127.0.0.1 is one too many
+        assert server.refusals.counts["max_inbound_connections_per_ip"] == 1
+        assert not first.is_closed and not second.is_closed
+        await first.close()  # one goes: there is room for another
+        async with asyncio.timeout(10):
+            while len(server.connections()) > 1:
+                await asyncio.sleep(0.01)
+        fourth = await clients[3].dial(addr_of(server))
+        assert len(await clients[3].ping(fourth.remote_peer)) == 1
+        assert server.refusals.counts["max_inbound_connections_per_ip"] == 1
+    finally:
+        for c in clients:
+            await c.stop()
+        await server.stop()
+
+
 async def test_silent_handshakes_beyond_the_per_ip_limit_are_cut_at_once() -> None:
     server = await limited_server(max_inbound_handshakes_per_ip=4)
     host, port = server.listen_addrs[0].tcp_host_port()

@@ -293,6 +293,11 @@ class Connection(asyncio.BufferedProtocol):
             self._receive_plaintext(initial_plaintext)
         self._arm_keepalive()
 
+    def receive_early(self, plaintext: bytes) -> None:
+        """Handle what the peer sent right after the handshake, once the owner has the
+        connection (see ``transport.upgrade``'s ``adopt``)."""
+        self._receive_plaintext(plaintext)
+
     # -- asyncio.Protocol ----------------------------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:

@@ -245,10 +245,13 @@ async def upgrade(
     expected_peer: PeerId | None,
     on_inbound_stream: InboundStreamHandler,
     addrs: tuple[Multiaddr, Multiaddr] | None = None,
+    adopt: Callable[[Connection], None] | None = None,
 ) -> Connection:
     """Run the whole upgrade on a fresh raw connection; close it on any failure.
 
     ``addrs`` (remote, local) name the connection when the transport is no socket.
+    ``adopt`` sees the connection before any bytes the peer sent after the handshake
+    (streams it opened at once) are handled, and may close it.
     """
     transport = raw.transport
     assert transport is not None
@@ -288,7 +291,13 @@ async def upgrade(
     )
     conn.muxer_in_handshake = done.muxer_in_handshake
     conn.on_close(lambda _: config.receive_memory.let_go(peer))
-    conn.start(done.early_plaintext, done.unsent)
+    if adopt is None:
+        conn.start(done.early_plaintext, done.unsent)
+        return conn
+    conn.start(b"", done.unsent)
+    adopt(conn)
+    if done.early_plaintext and not conn.is_closed:
+        conn.receive_early(done.early_plaintext)
     return conn
 
 
@@ -481,17 +490,16 @@ async def listen(
 
     async def _upgrade_inbound(raw: _HandshakeProtocol, remote: Multiaddr) -> None:
         try:
-            conn = await upgrade(
+            await upgrade(
                 raw,
                 config,
                 is_initiator=False,
                 expected_peer=None,
                 on_inbound_stream=on_inbound_stream,
+                adopt=on_connection,
             )
         except P2PError as exc:
             on_handshake_error(exc, remote)
-            return
-        on_connection(conn)
 
     def accept() -> _HandshakeProtocol:
         raw = _HandshakeProtocol()
