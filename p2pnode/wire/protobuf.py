@@ -39,10 +39,14 @@ def iter_fields(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int
     pos = 0
     end = len(data)
     while pos < end:
-        key = decode_uvarint(data, pos)
-        if key is None:
-            raise DecodeError("truncated protobuf field key")
-        tag, pos = key
+        tag = data[pos]
+        if tag < 0x80:  # one-byte keys and lengths (most fields) skip the varint decoder
+            pos += 1
+        else:
+            key = decode_uvarint(data, pos)
+            if key is None:
+                raise DecodeError("truncated protobuf field key")
+            tag, pos = key
         field, wire_type = tag >> 3, tag & 7
         if field == 0:
             raise DecodeError("protobuf field number 0 is invalid")
@@ -53,10 +57,14 @@ def iter_fields(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int
             value, pos = decoded
             yield field, wire_type, value
         elif wire_type == LENGTH_DELIMITED:
-            decoded = decode_uvarint(data, pos)
-            if decoded is None:
-                raise DecodeError("truncated protobuf length")
-            length, pos = decoded
+            if pos < end and data[pos] < 0x80:
+                length = data[pos]
+                pos += 1
+            else:
+                decoded = decode_uvarint(data, pos)
+                if decoded is None:
+                    raise DecodeError("truncated protobuf length")
+                length, pos = decoded
             if pos + length > end:
                 raise DecodeError("protobuf field runs past the end of the message")
             yield field, wire_type, data[pos : pos + length]
