@@ -58,6 +58,7 @@ _PROTOCOLS = [
 ]
 _BY_CODE = {p.code: p for p in _PROTOCOLS}
 _BY_NAME = {p.name: p for p in _PROTOCOLS}
+_CIRCUIT_CODE = encode_uvarint(_BY_NAME["p2p-circuit"].code)
 _BY_NAME["ipfs"] = _BY_NAME["p2p"]  # the old name, still accepted in text
 _PORTS = {"tcp", "udp", "dccp", "sctp"}
 _MAX_VALUE = 1024
@@ -241,6 +242,8 @@ class Multiaddr:
 
     def _after_circuit(self) -> int:
         """Index of the first component after the last ``/p2p-circuit`` (0 without one)."""
+        if _CIRCUIT_CODE not in self._bytes:  # no circuit (the common case), in C
+            return 0
         for index in range(len(self._components) - 1, -1, -1):
             if self._components[index][0] == "p2p-circuit":
                 return index + 1
