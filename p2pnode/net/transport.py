@@ -212,6 +212,9 @@ async def _negotiate_security_listener(
 ) -> _Upgraded:
     """Listener side of the upgrade."""
     security = MultistreamListener([NOISE_ID])
+    # made (its ephemeral key too) before the dialer's first bytes come: off the path
+    # from message 1 to message 2
+    noise = NoiseHandshake(config.noise_key, initiator=False, muxers=config.handshake_muxers)
     reply = b""
     while not security.done:
         if reply:
@@ -220,7 +223,6 @@ async def _negotiate_security_listener(
     # Our last multistream answer is held back while message 1 came with the proposal (an
     # optimistic dialer): it leaves with message 2, in one send.
     pending = security.leftover()
-    noise = NoiseHandshake(config.noise_key, initiator=False, muxers=config.handshake_muxers)
     while not noise.complete:
         if reply and not pending:
             raw.write(reply)  # nothing to answer with yet: do not keep the dialer waiting
