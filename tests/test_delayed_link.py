@@ -192,3 +192,16 @@ async def test_command_line_reports_each_link() -> None:
     assert link["event"] == "link" and link["closed_by"] == "client"
     assert [[f[0], f[2]] for f in link["flights"]] == [[">", 4], ["<", 4]]
     assert link["flights"][1][1] >= 15  # the server answered at 3D or later (ms)
+
+
+def test_targets_are_judged_as_measured_and_net_of_what_the_emulation_adds() -> None:
+    from bench.delayed_link import targets
+
+    stats = {"connect": {"p50_ms": 43.5}, "first": {"p50_ms": 64.0}, "warm": None}
+    raw = targets(stats, 20.0)
+    assert [t["pass"] for t in raw] == [False, False] and "net_ms" not in raw[0]
+    net = targets(stats, 20.0, emulation=1.4)  # the floor took 2 RTT + 1.4 ms
+    assert [round(t["net_ms"], 2) for t in net] == [42.1, 61.9]  # 1.4 per 2 RTT, 2.1 per 3
+    assert [t["pass"] for t in net] == [False, False]  # the measured verdicts stay
+    assert [t["net_pass"] for t in net] == [True, True]
+    assert "net of the emulation's 2.1 ms: 61.9 ms: PASS" in net[1]["verdict"]
