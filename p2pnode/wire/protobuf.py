@@ -43,28 +43,19 @@ def iter_fields(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int
         if tag < 0x80:  # one-byte keys and lengths (most fields) skip the varint decoder
             pos += 1
         else:
-            key = decode_uvarint(data, pos)
-            if key is None:
-                raise DecodeError("truncated protobuf field key")
-            tag, pos = key
+            tag, pos = _varint_at(data, pos, "field key")
         field, wire_type = tag >> 3, tag & 7
         if field == 0:
             raise DecodeError("protobuf field number 0 is invalid")
         if wire_type == VARINT:
-            decoded = decode_uvarint(data, pos)
-            if decoded is None:
-                raise DecodeError("truncated protobuf varint")
-            value, pos = decoded
+            value, pos = _varint_at(data, pos, "varint")
             yield field, wire_type, value
         elif wire_type == LENGTH_DELIMITED:
             if pos < end and data[pos] < 0x80:
                 length = data[pos]
                 pos += 1
             else:
-                decoded = decode_uvarint(data, pos)
-                if decoded is None:
-                    raise DecodeError("truncated protobuf length")
-                length, pos = decoded
+                length, pos = _varint_at(data, pos, "length")
             if pos + length > end:
                 raise DecodeError("protobuf field runs past the end of the message")
             yield field, wire_type, data[pos : pos + length]
@@ -77,3 +68,10 @@ def iter_fields(data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int
             pos += size
         else:
             raise DecodeError(f"unsupported protobuf wire type {wire_type}")
+
+
+def _varint_at(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    decoded = decode_uvarint(data, pos)
+    if decoded is None:
+        raise DecodeError(f"truncated protobuf {what}")
+    return decoded
