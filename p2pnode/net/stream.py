@@ -306,9 +306,9 @@ class Stream:
                 )
         self.protocol = dialer.selected
         self._return_unused(taken, dialer.leftover())
-        if fin or self._fin_deferred:
+        if fin:
             self._fin_deferred = True
-            self._send_deferred_fin()
+        self._send_deferred_fin()
 
     def _negotiate_buffered(self) -> None:
         """Finish an optimistic negotiation from what is buffered, without waiting.
