@@ -293,13 +293,11 @@ async def upgrade(
     )
     conn.muxer_in_handshake = done.muxer_in_handshake
     conn.on_close(lambda _: config.receive_memory.let_go(peer))
-    if adopt is None:
-        conn.start(done.early_plaintext, done.unsent)
-        return conn
-    conn.start(b"", done.unsent)
-    adopt(conn)
-    if done.early_plaintext and not conn.is_closed:
-        conn.receive_early(done.early_plaintext)
+    conn.start(done.early_plaintext if adopt is None else b"", done.unsent)
+    if adopt is not None:
+        adopt(conn)
+        if done.early_plaintext and not conn.is_closed:
+            conn.receive_early(done.early_plaintext)
     return conn
 
 

@@ -167,7 +167,7 @@ class MultistreamListener(_Negotiation):
     _listing: Sequence[str] = ()
 
     def __init__(self, supported: Callable[[str], bool] | Collection[str]) -> None:
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # all of _Negotiation.__init__, without a call per stream
         if callable(supported):
             self._supports = supported
         else:
