@@ -100,22 +100,148 @@ class _Upgraded:
     unsent: bytes = b""
 
 
+class _SecurityUpgrade:
+    """multistream-select for Noise, the Noise XX handshake and, when the handshake chose no
+    muxer, multistream-select for it: sans-I/O, one object per connection and side.
+
+    :meth:`receive_data` takes the peer's bytes and returns ours to send; once :attr:`result`
+    is set the upgrade is done and later bytes belong to the connection.
+    """
+
+    __slots__ = (
+        "_config",
+        "_initiator",
+        "_muxer_select",
+        "_noise",
+        "_secure",
+        "_security",
+        "result",
+    )
+
+    def __init__(
+        self, config: TransportConfig, *, initiator: bool, expected_peer: PeerId | None
+    ) -> None:
+        self._config = config
+        self._initiator = initiator
+        self._security: MultistreamDialer | MultistreamListener = (
+            MultistreamDialer([NOISE_ID], optimistic=True)
+            if initiator
+            else MultistreamListener([NOISE_ID])
+        )
+        self._noise = NoiseHandshake(
+            config.noise_key,
+            initiator=initiator,
+            expected_peer=expected_peer,
+            muxers=config.handshake_muxers,
+        )
+        self._secure: NoiseTransport | None = None
+        self._muxer_select: MultistreamDialer | MultistreamListener | None = None
+        self.result: _Upgraded | None = None
+
+    def initial_bytes(self) -> bytes:
+        """The dialer's first flight: the Noise proposal and message 1 together."""
+        if not self._initiator:
+            return b""
+        assert isinstance(self._security, MultistreamDialer)
+        return self._security.initial_bytes() + self._noise.start()
+
+    def receive_data(self, data: bytes | bytearray) -> bytes:
+        """Feed the peer's bytes; return ours to send (possibly b"")."""
+        out = b""
+        security = self._security
+        if not security.done:
+            out = security.receive_data(data)
+            if not security.done:
+                return out
+            # an optimistic dialer's message 1 came with its proposal: our answer to the
+            # proposal is held back to leave with message 2, in one send
+            data = security.leftover()
+            if not data:
+                return out
+        secure = self._secure
+        if secure is None:
+            noise = self._noise
+            out += noise.receive_data(data)
+            if not noise.complete:
+                return out
+            secure = self._secure = noise.transport()
+            if noise.muxer is not None:  # chosen in the handshake: streams may start at once
+                early = bytes(secure.receive_data(b""))  # what the peer sent after it
+                if self._initiator:  # message 3 leaves with the first streams' bytes
+                    self.result = _Upgraded(
+                        secure, noise.remote_peer, noise.muxer, early, True, out
+                    )
+                    return b""
+                self.result = _Upgraded(secure, noise.remote_peer, noise.muxer, early, True)
+                return out
+            muxers = list(self._config.muxers)
+            if self._initiator:
+                dialer = MultistreamDialer(muxers)
+                self._muxer_select = dialer
+                out += secure.encrypt(dialer.initial_bytes())
+            else:
+                self._muxer_select = MultistreamListener(muxers)
+            data = b""  # the rest of this read is in the secure channel's buffer
+        selector = self._muxer_select
+        assert selector is not None
+        plaintext = secure.receive_data(data)
+        if plaintext:
+            reply = selector.receive_data(plaintext)
+            if reply:
+                out += secure.encrypt(reply)
+        if selector.done:
+            assert selector.selected is not None
+            self.result = _Upgraded(
+                secure, self._noise.remote_peer, selector.selected, selector.leftover()
+            )
+        return out
+
+
 class _HandshakeProtocol(asyncio.Protocol):
-    """Buffers raw bytes for the upgrade coroutine until the Connection takes over."""
+    """Feeds raw bytes to the upgrade as they come (in ``data_received``, no task switch per
+    message); buffers them for a reader once no upgrade is attached, until the Connection
+    takes the transport over."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiter: asyncio.Future[None] | None = None
         self._error: P2PError | None = None
+        self._upgrade: _SecurityUpgrade | None = None
+        self._finish: Callable[[_Upgraded], Connection] | None = None
+        self._connection: Connection | None = None
+        self._failure: Exception | None = None  # raised by ``finish``
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        upgrade = self._upgrade
+        if upgrade is None:
+            self._buffer += data
+        else:
+            try:
+                reply = upgrade.receive_data(data)
+            except P2PError as exc:
+                self._upgrade = None
+                self._error = exc
+            else:
+                if reply:
+                    self.write(reply)
+                if upgrade.result is None:
+                    return
+                self._upgrade = None
+                self._finish_now(upgrade.result)
         self._wake()
+
+    def _finish_now(self, result: _Upgraded) -> None:
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            try:
+                self._connection = finish(result)
+            except Exception as exc:  # raised in the task that waits, not in asyncio's callback
+                self._failure = exc
 
     def eof_received(self) -> bool:
         self._error = HandshakeError("the peer closed the connection during the handshake")
@@ -131,12 +257,61 @@ class _HandshakeProtocol(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+    async def run(self, upgrade: _SecurityUpgrade) -> _Upgraded:
+        """Drive ``upgrade`` with the bytes that come; return its result or raise its error.
+
+        Bytes that come after it finished stay buffered for :meth:`receive`.
+        """
+        first = upgrade.initial_bytes()
+        if first:
+            self.write(first)
+        self._upgrade = upgrade
+        try:
+            if self._buffer:  # bytes that came before the upgrade was attached
+                data = bytes(self._buffer)
+                self._buffer.clear()
+                self.data_received(data)
+            while upgrade.result is None:
+                if self._error is not None:
+                    raise self._error
+                await self._wait()
+        finally:
+            self._upgrade = None
+        return upgrade.result
+
+    async def run_then(
+        self, upgrade: _SecurityUpgrade, finish: Callable[[_Upgraded], Connection]
+    ) -> Connection:
+        """Like :meth:`run`, then ``finish`` makes the connection: in the read callback that
+        completed the upgrade, so the bytes that came with the last message (streams the
+        peer opened at once) are handled without waiting for this task to wake."""
+        self._finish = finish
+        try:
+            result = await self.run(upgrade)
+        finally:
+            self._finish = None
+        if self._connection is None and self._failure is None:  # finished with no read
+            self._finish_now(result)
+        if self._failure is not None:
+            raise self._failure
+        assert self._connection is not None
+        return self._connection
+
+    def take_buffered(self) -> bytes:
+        """The bytes buffered so far (b"" if none); the buffer is empty afterwards."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
     async def receive(self) -> bytes:
         while not self._buffer:
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            await self._wait()
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
@@ -151,92 +326,18 @@ def _sockaddr_to_multiaddr(sockaddr: tuple[str, int] | tuple[str, int, int, int]
     return Multiaddr.from_string(f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}")
 
 
-async def _select_muxer(
-    raw: _HandshakeProtocol,
-    secure: NoiseTransport,
-    selector: MultistreamDialer | MultistreamListener,
-    remote_peer: PeerId,
-) -> _Upgraded:
-    """Run multistream-select for the muxer inside the Noise channel (either side)."""
-    plaintext = secure.receive_data(b"")
-    while True:
-        if plaintext:
-            reply = selector.receive_data(plaintext)
-            if reply:
-                raw.write(secure.encrypt(reply))
-        if selector.done:
-            break
-        plaintext = secure.receive_data(await raw.receive())
-    assert selector.selected is not None
-    return _Upgraded(secure, remote_peer, selector.selected, selector.leftover())
-
-
-def _chosen_in_handshake(
-    noise: NoiseHandshake, secure: NoiseTransport, unsent: bytes = b""
-) -> _Upgraded:
-    """The upgrade's result when Noise chose the muxer (either side)."""
-    assert noise.muxer is not None
-    early = bytes(secure.receive_data(b""))  # what the peer sent after the handshake
-    return _Upgraded(secure, noise.remote_peer, noise.muxer, early, True, unsent)
-
-
 async def _negotiate_security_dialer(
     raw: _HandshakeProtocol, config: TransportConfig, expected_peer: PeerId | None
 ) -> _Upgraded:
-    """Dialer side of the upgrade."""
-    security = MultistreamDialer([NOISE_ID], optimistic=True)
-    noise = NoiseHandshake(
-        config.noise_key,
-        initiator=True,
-        expected_peer=expected_peer,
-        muxers=config.handshake_muxers,
-    )
-    raw.write(security.initial_bytes() + noise.start())
-    while not security.done:
-        security.receive_data(await raw.receive())
-    pending = security.leftover()
-    final_message = b""
-    while not noise.complete:
-        final_message = noise.receive_data(pending or await raw.receive())
-        pending = b""
-    secure = noise.transport()
-    if noise.muxer is not None:  # chosen in the handshake: streams may start at once
-        return _chosen_in_handshake(noise, secure, final_message)
-    muxer_select = MultistreamDialer(list(config.muxers))
-    raw.write(final_message + secure.encrypt(muxer_select.initial_bytes()))
-    return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
+    """Dialer side of the upgrade, up to the muxer (later bytes stay in ``raw``)."""
+    return await raw.run(_SecurityUpgrade(config, initiator=True, expected_peer=expected_peer))
 
 
 async def _negotiate_security_listener(
     raw: _HandshakeProtocol, config: TransportConfig
 ) -> _Upgraded:
-    """Listener side of the upgrade."""
-    security = MultistreamListener([NOISE_ID])
-    # made (its ephemeral key too) before the dialer's first bytes come: off the path
-    # from message 1 to message 2
-    noise = NoiseHandshake(config.noise_key, initiator=False, muxers=config.handshake_muxers)
-    reply = b""
-    while not security.done:
-        if reply:
-            raw.write(reply)
-        reply = security.receive_data(await raw.receive())
-    # Our last multistream answer is held back while message 1 came with the proposal (an
-    # optimistic dialer): it leaves with message 2, in one send.
-    pending = security.leftover()
-    while not noise.complete:
-        if reply and not pending:
-            raw.write(reply)  # nothing to answer with yet: do not keep the dialer waiting
-            reply = b""
-        reply += noise.receive_data(pending or await raw.receive())
-        pending = b""
-        if reply:
-            raw.write(reply)
-            reply = b""
-    secure = noise.transport()
-    if noise.muxer is not None:
-        return _chosen_in_handshake(noise, secure)
-    muxer_select = MultistreamListener(list(config.muxers))
-    return await _select_muxer(raw, secure, muxer_select, noise.remote_peer)
+    """Listener side of the upgrade, up to the muxer (later bytes stay in ``raw``)."""
+    return await raw.run(_SecurityUpgrade(config, initiator=False, expected_peer=None))
 
 
 async def upgrade(
@@ -257,12 +358,53 @@ async def upgrade(
     """
     transport = raw.transport
     assert transport is not None
+
+    def finish(done: _Upgraded) -> Connection:
+        peer = done.remote_peer
+        credit = config.receive_memory.acquire(peer)
+        muxer = config.make_muxer(done.muxer_id, is_initiator=is_initiator, credit=credit)
+        if addrs is None:
+            remote = _sockaddr_to_multiaddr(transport.get_extra_info("peername"))
+            local = _sockaddr_to_multiaddr(transport.get_extra_info("sockname"))
+        else:
+            remote, local = addrs
+        conn = Connection(
+            transport,
+            done.secure,
+            muxer,
+            remote_peer=peer,
+            remote_addr=remote,
+            local_addr=local,
+            is_initiator=is_initiator,
+            on_inbound_stream=on_inbound_stream,
+            keepalive_interval=config.keepalive_interval,
+        )
+        conn.muxer_in_handshake = done.muxer_in_handshake
+        conn.on_close(lambda _: config.receive_memory.let_go(peer))
+        conn.start(done.early_plaintext if adopt is None else b"", done.unsent)
+        if adopt is not None:
+            adopt(conn)
+            if done.early_plaintext and not conn.is_closed:
+                conn.receive_early(done.early_plaintext)
+        return conn
+
+    # made before the first bytes come (the ephemeral key too): off the path from message
+    # 1 to message 2 at the listener
+    upgrading = _SecurityUpgrade(config, initiator=is_initiator, expected_peer=expected_peer)
     try:
         async with asyncio.timeout(config.handshake_timeout):
-            if is_initiator:
-                done = await _negotiate_security_dialer(raw, config, expected_peer)
-            else:
-                done = await _negotiate_security_listener(raw, config)
+            if adopt is not None:
+                # finished in the read callback that brought the last message, the streams
+                # that came with it too (``adopt`` has seen the connection first). Without
+                # an owner the caller sets the connection up after this returns, and a
+                # dialer finishes in its task so that message 3 leaves with the bytes of
+                # the streams the task opens next (one send).
+                return await raw.run_then(upgrading, finish)
+            done = await raw.run(upgrading)
+            leftover = raw.take_buffered()  # came after the handshake, before we woke
+            if leftover:
+                done.early_plaintext += bytes(done.secure.receive_data(leftover))
+            return finish(done)
     except TimeoutError:
         transport.abort()
         raise P2PTimeoutError(
@@ -272,33 +414,6 @@ async def upgrade(
     except BaseException:
         transport.abort()
         raise
-    peer = done.remote_peer
-    credit = config.receive_memory.acquire(peer)
-    muxer = config.make_muxer(done.muxer_id, is_initiator=is_initiator, credit=credit)
-    if addrs is None:
-        remote = _sockaddr_to_multiaddr(transport.get_extra_info("peername"))
-        local = _sockaddr_to_multiaddr(transport.get_extra_info("sockname"))
-    else:
-        remote, local = addrs
-    conn = Connection(
-        transport,
-        done.secure,
-        muxer,
-        remote_peer=done.remote_peer,
-        remote_addr=remote,
-        local_addr=local,
-        is_initiator=is_initiator,
-        on_inbound_stream=on_inbound_stream,
-        keepalive_interval=config.keepalive_interval,
-    )
-    conn.muxer_in_handshake = done.muxer_in_handshake
-    conn.on_close(lambda _: config.receive_memory.let_go(peer))
-    conn.start(done.early_plaintext if adopt is None else b"", done.unsent)
-    if adopt is not None:
-        adopt(conn)
-        if done.early_plaintext and not conn.is_closed:
-            conn.receive_early(done.early_plaintext)
-    return conn
 
 
 async def upgrade_transport(
