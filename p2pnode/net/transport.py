@@ -167,12 +167,9 @@ class _SecurityUpgrade:
             secure = self._secure = noise.transport()
             if noise.muxer is not None:  # chosen in the handshake: streams may start at once
                 early = bytes(secure.receive_data(b""))  # what the peer sent after it
-                if self._initiator:  # message 3 leaves with the first streams' bytes
-                    self.result = _Upgraded(
-                        secure, noise.remote_peer, noise.muxer, early, True, out
-                    )
-                    return b""
-                self.result = _Upgraded(secure, noise.remote_peer, noise.muxer, early, True)
+                # the dialer's message 3 is held back to leave with the first streams' bytes
+                unsent, out = (out, b"") if self._initiator else (b"", out)
+                self.result = _Upgraded(secure, noise.remote_peer, noise.muxer, early, True, unsent)
                 return out
             muxers = list(self._config.muxers)
             if self._initiator:
@@ -272,9 +269,7 @@ class _HandshakeProtocol(asyncio.Protocol):
         self._upgrade = upgrade
         try:
             if self._buffer:  # bytes that came before the upgrade was attached
-                data = bytes(self._buffer)
-                self._buffer.clear()
-                self.data_received(data)
+                self.data_received(self.take_buffered())
             while upgrade.result is None:
                 if self._error is not None:
                     raise self._error
@@ -291,11 +286,9 @@ class _HandshakeProtocol(asyncio.Protocol):
         peer opened at once) are handled without waiting for this task to wake."""
         self._finish = finish
         try:
-            result = await self.run(upgrade)
+            await self.run(upgrade)  # its result is set only in data_received, which finishes
         finally:
             self._finish = None
-        if self._connection is None and self._failure is None:  # finished with no read
-            self._finish_now(result)
         if self._failure is not None:
             raise self._failure
         assert self._connection is not None
@@ -312,9 +305,7 @@ class _HandshakeProtocol(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             await self._wait()
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        return data
+        return self.take_buffered()
 
     def write(self, data: bytes | bytearray) -> None:
         assert self.transport is not None
