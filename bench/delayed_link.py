@@ -22,11 +22,14 @@ and p2pnode -> py-libp2p (``tests/interop/py/peer.py``), and the floor: plain TC
 64-byte echo right after ``connect()`` (2 RTT on a real link: TCP's, then the echo's).
 
 Each table figure is a median over the rounds with its RTT multiple (ms / RTT); the
-floor row shows what the emulation itself adds. For p2pnode's dials a second table splits
-the set-up into phases, read off the proxy's flights. The flight timelines show the median
-round: ``>`` the dialer sent, ``<`` the listener sent, at that many RTT from the dial's
-start (by the wall clock, where the dialer reports it) or else from the proxy's accept,
-with the bytes of each flight, and READY / ANSWER where the dialer had them.
+floor row shows what the emulation itself adds. For p2pnode -> p2pnode the CPU of each
+fresh connection and first task is also measured on both sides, over the link and again
+straight to the listener on loopback (the same work without the waits). For p2pnode's
+dials another table splits the set-up into phases, read off the proxy's flights. The
+flight timelines show the median round: ``>`` the dialer sent, ``<`` the listener sent,
+at that many RTT from the dial's start (by the wall clock, where the dialer reports it)
+or else from the proxy's accept, with the bytes of each flight, and READY / ANSWER where
+the dialer had them.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.system import python_speed_ms
+from bench.system import crypto_speed_us, process_cpu_ns, python_speed_ms
 from p2pnode import Identity, Node, NodeConfig
 from p2pnode.protocols.task.client import send_task
 from p2pnode.wire.identity import PeerId
@@ -68,6 +71,8 @@ class Row:
     warm_ms: list[float] = field(default_factory=list)
     dial_starts: list[float] = field(default_factory=list)  # time.time(), where known
     links: list[dict[str, Any]] = field(default_factory=list)  # the proxy's, by accept time
+    # path ("delayed link", "loopback") -> side ("dialer", "listener") -> CPU ms per round
+    cpu_ms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -130,13 +135,19 @@ async def delay_proxy(target: tuple[str, int], delay_ms: float, row: Row) -> Asy
         row.links = sorted(links, key=lambda link: link["t0"])
 
 
+@dataclass
+class Listener:
+    addr: Multiaddr  # its own, with /p2p
+    pid: int
+
+
 @contextlib.asynccontextmanager
-async def p2pnode_listener() -> AsyncIterator[Multiaddr]:
+async def p2pnode_listener() -> AsyncIterator[Listener]:
     proc = await spawn(sys.executable, "-m", "bench.contenders.p2pnode_bench", "server")
     assert proc.stdout is not None
     try:
         hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
-        yield Multiaddr.from_string(hello["addr"])
+        yield Listener(Multiaddr.from_string(hello["addr"]), proc.pid)
     finally:
         await stop_process(proc)
 
@@ -146,9 +157,9 @@ async def proxied_p2pnode(delay_ms: float, row: Row) -> AsyncIterator[str]:
     """A p2pnode listener behind a proxy; yields the address to dial."""
     async with (
         p2pnode_listener() as target,
-        delay_proxy(target.tcp_host_port(), delay_ms, row) as port,
+        delay_proxy(target.addr.tcp_host_port(), delay_ms, row) as port,
     ):
-        yield via(port, target)
+        yield via(port, target.addr)
 
 
 def via(proxy_port: int, target: Multiaddr) -> str:
@@ -179,23 +190,75 @@ async def ping_request(node: Node, conn: Any) -> None:
 Request = Callable[[Node, Any], Awaitable[None]]
 
 
-async def p2pnode_dials(addr: str, row: Row, rounds: int, warm: int, request: Request) -> None:
-    """``rounds`` fresh nodes each dial ``addr``: ready, first request, warm requests."""
+async def p2pnode_dials(
+    addr: str, row: Row, rounds: int, warm: int, request: Request, listener_pid: int | None = None
+) -> None:
+    """``rounds`` fresh nodes each dial ``addr``: ready, first request, warm requests.
+
+    With ``listener_pid`` (a p2pnode listener's process) the CPU of both sides is also
+    recorded, under ``row.cpu_ms["delayed link"]`` (see :func:`fresh_dial`).
+    """
+    cpu = row.cpu_ms.setdefault("delayed link", {"dialer": [], "listener": []})
     for _ in range(rounds):
         node = Node(Identity.generate(), NodeConfig(keepalive_interval=None))
         try:
             row.dial_starts.append(time.time())
-            started = time.monotonic()
-            conn = await node.dial(addr)
-            ready = time.monotonic()
-            await request(node, conn)
-            answered = time.monotonic()
+            conn, ready_ms, first_ms, spent = await fresh_dial(node, addr, request, listener_pid)
             for _ in range(warm):
                 begun = time.monotonic()
                 await request(node, conn)
                 row.warm_ms.append((time.monotonic() - begun) * 1000)
-            row.connect_ms.append((ready - started) * 1000)
-            row.first_ms.append((answered - started) * 1000)
+            row.connect_ms.append(ready_ms)
+            row.first_ms.append(first_ms)
+            cpu["dialer"].append(spent[0])
+            if spent[1] is not None:
+                cpu["listener"].append(spent[1])
+            await conn.close()
+        finally:
+            await node.stop()
+
+
+async def fresh_dial(
+    node: Node, addr: str, request: Request, listener_pid: int | None, settle: float = 0.0
+) -> tuple[Any, float, float, tuple[float, float | None]]:
+    """Dial ``addr`` and make the first request: (connection, ready ms, first answer ms,
+    (dialer CPU ms, listener CPU ms or None)).
+
+    The CPU figures run from the dial's start to the answer: this thread's for the dialer,
+    the whole process's for the listener, read ``settle`` seconds after the answer.
+    """
+    listener_before = process_cpu_ns(listener_pid) if listener_pid is not None else 0
+    started = time.monotonic()
+    dialer_before = time.thread_time_ns()
+    conn = await node.dial(addr)
+    ready = time.monotonic()
+    await request(node, conn)
+    answered = time.monotonic()
+    dialer_ns = time.thread_time_ns() - dialer_before
+    listener_ms = None
+    if listener_pid is not None:
+        if settle:
+            await asyncio.sleep(settle)
+        listener_ms = (process_cpu_ns(listener_pid) - listener_before) / 1e6
+    spent = (dialer_ns / 1e6, listener_ms)
+    return conn, (ready - started) * 1000, (answered - started) * 1000, spent
+
+
+async def loopback_cpu(addr: str, row: Row, rounds: int, listener_pid: int, settle: float) -> None:
+    """The CPU of the same dials and first requests straight to the listener, without the
+    link's waits, under ``row.cpu_ms["loopback"]``. The listener is read ``settle`` after
+    the answer, as long as the answer takes to cross the delayed link: both paths then
+    count what the listener does in that time after answering."""
+    cpu = row.cpu_ms.setdefault("loopback", {"dialer": [], "listener": []})
+    for _ in range(rounds):
+        node = Node(Identity.generate(), NodeConfig(keepalive_interval=None))
+        try:
+            conn, _, _, (dialer, listener) = await fresh_dial(
+                node, addr, task_request, listener_pid, settle
+            )
+            cpu["dialer"].append(dialer)
+            assert listener is not None
+            cpu["listener"].append(listener)
             await conn.close()
         finally:
             await node.stop()
@@ -231,8 +294,10 @@ async def floor(row: Row, delay_ms: float, rounds: int, warm: int) -> None:
 
 
 async def p2pnode_to_p2pnode(row: Row, delay_ms: float, rounds: int, warm: int) -> None:
-    async with proxied_p2pnode(delay_ms, row) as addr:
-        await p2pnode_dials(addr, row, rounds, warm, task_request)
+    async with p2pnode_listener() as target:
+        async with delay_proxy(target.addr.tcp_host_port(), delay_ms, row) as port:
+            await p2pnode_dials(via(port, target.addr), row, rounds, warm, task_request, target.pid)
+        await loopback_cpu(str(target.addr), row, rounds, target.pid, delay_ms / 1000)
 
 
 async def p2pnode_to_go(row: Row, delay_ms: float, rounds: int, warm: int) -> None:
@@ -452,6 +517,7 @@ def report(rows: list[Row], delay_ms: float, command: str) -> tuple[str, dict[st
         data["targets"] = targets(p2p_stats, rtt, emulation)
         lines += ["", "Targets for p2pnode -> p2pnode (machine-dependent: the 3 ms are CPU):", ""]
         lines += [f"- {t['name']}: {t['verdict']}" for t in data["targets"]]
+    lines += cpu_table(rows, data, delay_ms)
     dials: list[tuple[Row, dict[str, float]]] = []
     for row in rows:
         found = phases(row, rtt) if row.pair.startswith("p2pnode->") and not row.error else None
@@ -474,6 +540,52 @@ def report(rows: list[Row], delay_ms: float, command: str) -> tuple[str, dict[st
     if notes:
         lines += ["", "Notes:", ""] + [f"- {pair}: {note}" for pair, note in notes]
     return "\n".join(lines), data
+
+
+def cpu_table(rows: list[Row], data: dict[str, Any], delay_ms: float) -> list[str]:
+    """The CPU that p2pnode's fresh connections and first requests took, per path and side."""
+    table: list[str] = []
+    for index, row in enumerate(rows):
+        paths = {path: sides for path, sides in row.cpu_ms.items() if sides["dialer"]}
+        if row.error or not paths:
+            continue
+        p50 = {
+            path: {side: statistics.median(v) for side, v in sides.items() if v}
+            for path, sides in paths.items()
+        }
+        data["rows"][index]["cpu_p50_ms"] = p50
+        for path, sides in p50.items():
+            both = sum(sides.values()) if len(sides) == 2 else None
+            cells = [sides.get("dialer"), sides.get("listener"), both]
+            table.append(
+                f"| {row.pair} | {path} | "
+                + " | ".join("n/a" if c is None else f"{c:.2f} ms" for c in cells)
+                + " |"
+            )
+        delayed, loopback = p50.get("delayed link", {}), p50.get("loopback", {})
+        if len(delayed) == len(loopback) == 2:
+            ratios = [delayed[side] / loopback[side] for side in ("dialer", "listener")]
+            ratios.append(sum(delayed.values()) / sum(loopback.values()))
+            data["rows"][index]["cpu_ratio_delayed_to_loopback"] = ratios
+            table.append(
+                f"| {row.pair} | delayed / loopback | "
+                + " | ".join(f"{r:.2f}x" for r in ratios)
+                + " |"
+            )
+    if not table:
+        return []
+    return [
+        "",
+        "CPU of a fresh connection and its first request (p50; the dialer's thread and the "
+        "listener's process, from the dial's start to the answer, the listener read "
+        f"{delay_ms:g} ms after it on both paths; loopback: the same dials straight to the "
+        "listener, without the link's waits). The targets' 3 ms are CPU, and the same work "
+        "takes more of it after each wait on a loaded machine:",
+        "",
+        "| pair | path | dialer | listener | both |",
+        "|---|---|---|---|---|",
+        *table,
+    ]
 
 
 def targets(
@@ -536,15 +648,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.delay_ms <= 0 or args.rounds < 1 or args.warm < 0:
         parser.error("--delay-ms must be > 0, --rounds >= 1 and --warm >= 0")
-    speed_before = python_speed_ms()
+    speed_before, crypto_before = python_speed_ms(), crypto_speed_us()
     rows = asyncio.run(run(args))
-    speed = (speed_before, python_speed_ms())
+    speed, crypto = (speed_before, python_speed_ms()), (crypto_before, crypto_speed_us())
     command = "python -m bench.delayed_link " + " ".join(sys.argv[1:])
     text, data = report(rows, args.delay_ms, command.strip())
-    data["python_speed_ms"] = speed
+    data["python_speed_ms"], data["ed25519_verify_us"] = speed, crypto
     text += (
         f"\n\nCPU speed reference (bench.system.python_speed_ms, lower is faster; 31.8 ms "
-        f"on 2026-12-03): {speed[0]:.1f} ms before the run, {speed[1]:.1f} ms after."
+        f"on 2026-12-03): {speed[0]:.1f} ms before the run, {speed[1]:.1f} ms after. "
+        f"Crypto speed reference (bench.system.crypto_speed_us, one Ed25519 verification; "
+        f"62 µs in the team's figures for this machine kind): {crypto[0]:.0f} µs before, "
+        f"{crypto[1]:.0f} µs after."
     )
     if args.json:
         args.json.write_text(json.dumps(data, indent=1) + "\n")

@@ -205,3 +205,45 @@ def test_targets_are_judged_as_measured_and_net_of_what_the_emulation_adds() -> 
     assert [t["pass"] for t in net] == [False, False]  # the measured verdicts stay
     assert [t["net_pass"] for t in net] == [True, True]
     assert "net of the emulation's 2.1 ms: 61.9 ms: PASS" in net[1]["verdict"]
+
+
+def test_another_process_s_cpu_clock_agrees_with_its_own() -> None:
+    from bench.system import process_cpu_ns
+
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "sum(i * i for i in range(2_000_000))\n"  # some CPU, a fixed amount of work
+         "print(time.process_time_ns(), flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        own = int(child.stdout.readline())
+        seen = process_cpu_ns(child.pid)
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
+    assert own > 10_000_000  # the loop took some CPU: a clock that stood still would fail
+    assert own <= seen < own + 200_000_000  # what it used since: printing, a blocking read
+
+
+def test_the_cpu_table_shows_each_path_and_the_ratio_of_their_medians() -> None:
+    from bench.delayed_link import Row, report
+
+    row = Row("p2pnode->p2pnode", "task 64 B", connect_ms=[44.0], first_ms=[67.0])
+    row.cpu_ms = {
+        "delayed link": {"dialer": [4.0, 5.0, 6.0], "listener": [3.0, 4.0, 9.0]},
+        "loopback": {"dialer": [2.0, 2.5, 3.0], "listener": [2.0, 2.0, 1.0]},
+    }
+    go = Row("p2pnode->go", "ping 32 B", connect_ms=[44.0], first_ms=[64.0])
+    go.cpu_ms = {"delayed link": {"dialer": [3.0], "listener": []}}
+    text, data = report([row, go], 10.0, "test")
+    assert "| p2pnode->p2pnode | delayed link | 5.00 ms | 4.00 ms | 9.00 ms |" in text
+    assert "| p2pnode->p2pnode | loopback | 2.50 ms | 2.00 ms | 4.50 ms |" in text
+    assert "| p2pnode->p2pnode | delayed / loopback | 2.00x | 2.00x | 2.00x |" in text
+    assert "| p2pnode->go | delayed link | 3.00 ms | n/a | n/a |" in text  # no listener: go's
+    assert data["rows"][0]["cpu_ratio_delayed_to_loopback"] == [2.0, 2.0, 2.0]
+    assert "cpu_ratio_delayed_to_loopback" not in data["rows"][1]
