@@ -579,8 +579,8 @@ def cpu_table(rows: list[Row], data: dict[str, Any], delay_ms: float) -> list[st
         "CPU of a fresh connection and its first request (p50; the dialer's thread and the "
         "listener's process, from the dial's start to the answer, the listener read "
         f"{delay_ms:g} ms after it on both paths; loopback: the same dials straight to the "
-        "listener, without the link's waits). The targets' 3 ms are CPU, and the same work "
-        "takes more of it after each wait on a loaded machine:",
+        "listener, without the link's waits). The targets' 3 ms are CPU; the loopback rows "
+        "show what the same work costs without the waits:",
         "",
         "| pair | path | dialer | listener | both |",
         "|---|---|---|---|---|",
